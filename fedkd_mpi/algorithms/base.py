@@ -1,0 +1,149 @@
+"""The algorithm interface and the three built-in algorithms.
+
+An algorithm says which models exist (a *private* model that stays on its client and a
+*shared* model that travels), the local loss, and both ends of its payload:
+``client_encode`` (client) -> ``server_aggregate`` (rank 0) -> ``client_decode`` (every rank).
+It never touches MPI: the runtime moves the bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedkd_mpi.algorithms.losses import LossSwitches, fedkd_loss
+from fedkd_mpi.codecs.svd import Encoded, SVDCodecState, TensorSpec, decode, encode
+from fedkd_mpi.config import Config, TransformerSpec
+from fedkd_mpi.models import EncoderOutput, layer_map
+
+
+class Algorithm:
+    """Base: FedAvg-style dense payload; subclasses change models, loss or codec."""
+
+    name = "base"
+    #: which metric column ("mentor"/"mentee") the private and shared models report to
+    private_role: str | None = None
+    shared_role: str | None = None
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.specs: list[TensorSpec] = []
+
+    # -- models ---------------------------------------------------------------------------
+    def spec_of(self, role: str | None) -> TransformerSpec | None:
+        return None if role is None else getattr(self.cfg.model, role)
+
+    @property
+    def communicates(self) -> bool:
+        return self.shared_role is not None
+
+    def make_projection(self, seed: int) -> nn.ModuleList | None:
+        """Client-local extra modules trained with the shared model (W^h for FedKD)."""
+        return None
+
+    # -- local objective ------------------------------------------------------------------
+    def loss(
+        self, private: EncoderOutput | None, shared: EncoderOutput | None, y: torch.Tensor,
+        proj: nn.ModuleList | None,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        out, role = (shared, self.shared_role) if shared is not None else (private,
+                                                                            self.private_role)
+        ce = F.cross_entropy(out.logits, y)
+        return ce, {f"{role}_loss": float(ce)}
+
+    # -- payload, both ends ---------------------------------------------------------------
+    def threshold(self, rnd: int) -> float | None:
+        """Energy threshold of round ``rnd`` (None: send dense)."""
+        return None
+
+    def client_encode(self, delta: Sequence[torch.Tensor], rnd: int) -> Encoded:
+        return encode(delta, self.specs, self.threshold(rnd))
+
+    def server_aggregate(self, updates: Sequence[Encoded], weights: np.ndarray,
+                         rnd: int) -> Encoded:
+        """Decode every client's update, average them in float64 in client order, re-encode."""
+        w = np.asarray(weights, dtype=np.float64)
+        w = w / w.sum()
+        acc: list[torch.Tensor] | None = None
+        for wi, upd in zip(w.tolist(), updates, strict=True):
+            tensors = decode(upd, self.specs)
+            if acc is None:
+                acc = [wi * t.to(torch.float64) for t in tensors]
+            else:
+                for a, t in zip(acc, tensors, strict=True):
+                    a.add_(t.to(torch.float64), alpha=wi)
+        assert acc is not None
+        return encode([a.to(torch.float32) for a in acc], self.specs, self.threshold(rnd))
+
+    def client_decode(self, enc: Encoded, device: torch.device | str = "cpu") -> list[torch.Tensor]:
+        return decode(enc, self.specs, device)
+
+
+class FedAvg(Algorithm):
+    """FedAvg of one model (``fedavg.model``), dense float32 deltas, CE only."""
+
+    name = "fedavg"
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__(cfg)
+        self.shared_role = cfg.fedavg.model
+
+
+class Local(Algorithm):
+    """Each client trains its own model on its own data; nothing is communicated."""
+
+    name = "local"
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__(cfg)
+        self.private_role = cfg.local.model
+
+
+class FedKD(Algorithm):
+    """FedKD: private mentor, shared mentee, adaptive mutual distillation, SVD payload."""
+
+    name = "fedkd"
+    private_role = "mentor"
+    shared_role = "mentee"
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__(cfg)
+        f, m = cfg.fedkd, cfg.model
+        self.pairs = layer_map(m.mentor.layers, m.mentee.layers)
+        self.switches = LossSwitches(
+            kd=f.kd_loss, hidden=f.hidden_loss,
+            attention=f.attention_loss and m.mentor.heads == m.mentee.heads,
+            adaptive=f.adaptive_weight, mentor_distill=f.mentor_distill,
+            mentor_hidden=f.mentor_hidden_loss,
+        )
+        self.codec = SVDCodecState(f.t_start, f.t_end, cfg.train.rounds, f.schedule)
+
+    def make_projection(self, seed: int) -> nn.ModuleList | None:
+        """W^h per layer pair: identity when widths match (paper mode), seeded otherwise."""
+        ds, dt = self.cfg.model.mentee.hidden, self.cfg.model.mentor.hidden
+        if ds == dt and self.cfg.fedkd.loss_mode == "reference":
+            return None  # the official code has no W^h
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            wh = nn.ModuleList(nn.Linear(ds, dt, bias=False) for _ in self.pairs)
+        if ds == dt:
+            for lin in wh:
+                nn.init.eye_(lin.weight)
+        return wh
+
+    def loss(self, private, shared, y, proj):
+        total, parts = fedkd_loss(private, shared, y, self.pairs, proj,
+                                  self.cfg.fedkd.loss_mode, self.switches)
+        parts.update(mentor_loss=parts["loss_t"], mentee_loss=parts["loss_s"])
+        return total, parts
+
+    def threshold(self, rnd: int) -> float:
+        return self.codec.threshold(rnd)
+
+
+def build_algorithm(cfg: Config) -> Algorithm:
+    return {"fedkd": FedKD, "fedavg": FedAvg, "local": Local}[cfg.algorithm](cfg)

@@ -1,0 +1,65 @@
+"""Command line: ``fedkd-mpi run|validate CONFIG [key=value ...]``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+
+from fedkd_mpi import __version__
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fedkd-mpi", description=__doc__)
+    p.add_argument("--version", action="version", version=f"fedkd-mpi {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, help_ in (("run", "run a job (under mpiexec: rank 0 server, others clients)"),
+                        ("validate", "check a config and print it resolved, without running")):
+        s = sub.add_parser(name, help=help_)
+        s.add_argument("config", help="YAML file (configs/*.yaml)")
+        s.add_argument("overrides", nargs="*", metavar="key=value",
+                       help="dotted overrides, e.g. train.rounds=3 fedkd.t_start=0.9")
+        if name == "run":
+            s.add_argument("--overwrite", action="store_true",
+                           help="replace an existing output file")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    bad = [x for x in extra if x.startswith("-") or "=" not in x]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)}")
+    args.overrides = [*args.overrides, *extra]  # key=value given after --overwrite
+    if args.command == "validate":
+        from fedkd_mpi.config import ConfigError, load_config
+
+        try:
+            cfg = load_config(args.config, args.overrides)
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            return 2
+        print(cfg.to_yaml(), end="")
+        return 0
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    from mpi4py import MPI
+
+    from fedkd_mpi.runtime.launch import launch
+
+    comm = MPI.COMM_WORLD
+    try:
+        return launch(args.config, args.overrides, args.overwrite, comm)
+    except BaseException as exc:
+        if isinstance(exc, SystemExit) and exc.code in (0, None):
+            raise
+        sys.stderr.write(f"fedkd-mpi: rank {comm.Get_rank()} failed:\n")
+        traceback.print_exc()
+        sys.stderr.flush()
+        comm.Abort(1)
+        return 1

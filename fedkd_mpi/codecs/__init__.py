@@ -1,0 +1,1 @@
+"""Update codecs: pure encode/decode functions plus a small state object each."""

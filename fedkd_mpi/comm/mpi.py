@@ -1,0 +1,123 @@
+"""MPI transport: uppercase (buffer) collectives on typed numpy arrays, never pickles.
+
+Every wait goes through :func:`wait`, which sleep-polls a non-blocking request instead of
+spinning inside MPI (on oversubscribed CPUs a spinning waiter steals cycles from the ranks
+that are training). ``poll_s = 0`` blocks in MPI instead.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from mpi4py import MPI
+
+
+def wait(req: MPI.Request, poll_s: float) -> None:
+    """Complete ``req``; sleep ``poll_s`` between tests (0: block in ``Wait``)."""
+    if poll_s <= 0:
+        req.Wait()
+        return
+    while not req.Test():
+        time.sleep(poll_s)
+
+
+def _displs(counts: np.ndarray) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+
+
+@dataclass
+class GatherStats:
+    wait_s: float  # until every rank had posted its sizes (i.e. finished local work)
+    transfer_s: float  # payload Gatherv after that
+
+
+class Transport:
+    """Collectives of one run. ``clients_per_rank[r]`` = number of clients rank r hosts."""
+
+    def __init__(self, comm: MPI.Intracomm, clients_per_rank: list[int], poll_s: float) -> None:
+        self.comm = comm
+        self.rank = comm.Get_rank()
+        self.counts = np.asarray(clients_per_rank, dtype=np.int64)
+        self.poll_s = poll_s
+
+    # -- update messages ------------------------------------------------------------------
+    def gather_messages(self, msgs: list[np.ndarray]) -> tuple[list[np.ndarray], GatherStats]:
+        """Gather per-client uint8 messages to rank 0, in rank (= client id) order.
+
+        Sizes go first (Gatherv of int64), then all bytes in one Gatherv: one message per rank.
+        Returns the list of messages on rank 0 and ``[]`` elsewhere.
+        """
+        root = self.rank == 0
+        t0 = time.perf_counter()
+        sizes = np.asarray([m.size for m in msgs], dtype=np.int64)
+        all_sizes = np.zeros(int(self.counts.sum()), dtype=np.int64) if root else None
+        wait(self.comm.Igatherv(sizes, [all_sizes, (self.counts, _displs(self.counts)),
+                                        MPI.INT64_T] if root else None), self.poll_s)
+        t1 = time.perf_counter()
+        send = np.concatenate(msgs) if msgs else np.zeros(0, np.uint8)
+        if root:
+            per_rank = np.asarray([s.sum() for s in np.split(all_sizes,
+                                   np.cumsum(self.counts)[:-1])], dtype=np.int64)
+            recv = np.empty(int(all_sizes.sum()), dtype=np.uint8)
+            spec = [recv, (per_rank, _displs(per_rank)), MPI.BYTE]
+        else:
+            spec = None
+        wait(self.comm.Igatherv(send, spec), self.poll_s)
+        t2 = time.perf_counter()
+        out = np.split(recv, np.cumsum(all_sizes)[:-1]) if root else []
+        return out, GatherStats(t1 - t0, t2 - t1)
+
+    def broadcast(self, msg: np.ndarray | None) -> np.ndarray:
+        """Rank 0's uint8 message to every rank (size first, then the bytes)."""
+        size = np.array([msg.size if self.rank == 0 else 0], dtype=np.int64)
+        wait(self.comm.Ibcast(size, root=0), self.poll_s)
+        buf = msg if self.rank == 0 else np.empty(int(size[0]), dtype=np.uint8)
+        wait(self.comm.Ibcast(buf, root=0), self.poll_s)
+        return buf
+
+    # -- telemetry (not counted as payload) ----------------------------------------------
+    def gather_rows(self, rows: np.ndarray, width: int) -> np.ndarray | None:
+        """Gather float64 rows (one per local client) to rank 0 as an array [clients, width]."""
+        rows = np.ascontiguousarray(rows, dtype=np.float64).reshape(-1, width)
+        if self.rank == 0:
+            out = np.empty((int(self.counts.sum()), width), dtype=np.float64)
+            c = self.counts * width
+            spec = [out, (c, _displs(c)), MPI.DOUBLE]
+        else:
+            out, spec = None, None
+        wait(self.comm.Igatherv(rows, spec), self.poll_s)
+        return out
+
+    def gather_rank_values(self, values: np.ndarray) -> np.ndarray | None:
+        """Gather a fixed-length float64 vector from every rank: [world, n] on rank 0."""
+        values = np.ascontiguousarray(values, dtype=np.float64)
+        out = (np.empty((self.comm.Get_size(), values.size), dtype=np.float64)
+               if self.rank == 0 else None)
+        wait(self.comm.Igather(values, out), self.poll_s)
+        return out
+
+
+def bcast_bytes(comm: MPI.Intracomm, data: bytes | None) -> bytes:
+    """Broadcast a byte string from rank 0 (control plane, e.g. the resolved config)."""
+    size = np.array([len(data) if data is not None else 0], dtype=np.int64)
+    comm.Bcast(size, root=0)
+    buf = (np.frombuffer(data, dtype=np.uint8).copy() if comm.Get_rank() == 0
+           else np.empty(int(size[0]), dtype=np.uint8))
+    comm.Bcast(buf, root=0)
+    return buf.tobytes()
+
+
+def gather_text(comm: MPI.Intracomm, text: str) -> list[str] | None:
+    """Gather one UTF-8 string per rank to rank 0 (startup checks)."""
+    data = np.frombuffer(text.encode(), dtype=np.uint8)
+    size = np.array([data.size], dtype=np.int64)
+    sizes = np.empty(comm.Get_size(), dtype=np.int64) if comm.Get_rank() == 0 else None
+    comm.Gather(size, sizes, root=0)
+    if comm.Get_rank() == 0:
+        recv = np.empty(int(sizes.sum()), dtype=np.uint8)
+        comm.Gatherv(data, [recv, (sizes, _displs(sizes)), MPI.BYTE], root=0)
+        return [b.tobytes().decode() for b in np.split(recv, np.cumsum(sizes)[:-1])]
+    comm.Gatherv(data, None, root=0)
+    return None

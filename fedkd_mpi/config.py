@@ -1,0 +1,211 @@
+"""Run configuration: a pydantic schema, YAML loading, dotted ``key=value`` overrides.
+
+Every error is reduced to one line naming the field and what would be valid
+(:class:`ConfigError`); the CLI prints it once, on rank 0, and exits with code 2.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration problem, already phrased as one line for the user."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TransformerSpec(_Strict):
+    """Shape of a small transformer encoder (mentor or mentee)."""
+
+    layers: int = Field(2, ge=1, le=48, description="number of encoder layers")
+    hidden: int = Field(64, ge=8, le=4096, description="model width")
+    heads: int = Field(4, ge=1, le=64, description="attention heads")
+    ffn: int = Field(128, ge=8, le=16384, description="feed-forward width")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> TransformerSpec:
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
+        return self
+
+
+class DataConfig(_Strict):
+    name: Literal["rotten_tomatoes"] = "rotten_tomatoes"
+    num_clients: int = Field(3, ge=1, le=100_000)
+    partition: Literal["iid", "natural"] = "iid"
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    max_len: int = Field(48, ge=4, le=4096, description="tokens per example")
+    vocab_size: int = Field(8192, ge=64, le=1_000_000, description="hash buckets")
+    max_samples: int | None = Field(None, ge=10, description="subsample the corpus (tests)")
+
+
+class ModelConfig(_Strict):
+    mentor: TransformerSpec = TransformerSpec(layers=4, hidden=128, heads=4, ffn=256)
+    mentee: TransformerSpec = TransformerSpec(layers=2, hidden=64, heads=4, ffn=128)
+    freeze_embeddings: bool = Field(True, description="shared model: frozen, never sent")
+    freeze_private_embeddings: bool = Field(True, description="private model (never sent)")
+
+    @model_validator(mode="after")
+    def _mentee_not_deeper(self) -> ModelConfig:
+        if self.mentee.layers > self.mentor.layers:
+            raise ValueError(
+                f"mentee.layers ({self.mentee.layers}) must be <= mentor.layers "
+                f"({self.mentor.layers})"
+            )
+        return self
+
+
+class TrainConfig(_Strict):
+    rounds: int = Field(5, ge=1, le=100_000)
+    local_epochs: int = Field(1, ge=1, le=10_000)
+    local_steps: int | None = Field(None, ge=1, description="steps per round; overrides epochs")
+    batch_size: int = Field(32, ge=1, le=65_536)
+    eval_batch_size: int = Field(256, ge=1, le=65_536)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr_mentor: float = Field(1e-3, gt=0.0, le=10.0)
+    lr_mentee: float = Field(1e-3, gt=0.0, le=10.0)
+    aggregation: Literal["uniform", "weighted"] = "uniform"
+
+
+class FedKDConfig(_Strict):
+    t_start: float = Field(0.95, gt=0.0, le=1.0)
+    t_end: float = Field(0.98, gt=0.0, le=1.0)
+    schedule: Literal["code", "endpoints"] = Field(
+        "code", description="code: t=(r+1)/R; endpoints: t=r/(R-1)"
+    )
+    loss_mode: Literal["paper", "reference"] = "paper"
+    kd_loss: bool = True
+    hidden_loss: bool = True
+    attention_loss: bool = True
+    adaptive_weight: bool = True
+    mentor_distill: bool = True
+    mentor_hidden_loss: bool = Field(
+        True, description="hidden/attention terms also train the mentor (paper: yes)"
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FedKDConfig:
+        if self.t_start > self.t_end:
+            raise ValueError(f"t_start ({self.t_start}) must be <= t_end ({self.t_end})")
+        return self
+
+
+class FedAvgConfig(_Strict):
+    model: Literal["mentee", "mentor"] = "mentee"
+
+
+class LocalConfig(_Strict):
+    model: Literal["mentor", "mentee"] = "mentor"
+
+
+class RuntimeConfig(_Strict):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    server_device: Literal["cpu", "cuda"] = "cpu"
+    torch_threads: int = Field(1, ge=1, le=1024)
+    poll_interval_ms: float = Field(2.0, ge=0.0, le=1000.0, description="0 = block in MPI")
+    progress: bool = True
+
+
+class Config(_Strict):
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    output: str = "runs/run.h5"
+    algorithm: Literal["fedkd", "fedavg", "local"] = "fedkd"
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    fedkd: FedKDConfig = FedKDConfig()
+    fedavg: FedAvgConfig = FedAvgConfig()
+    local: LocalConfig = LocalConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+
+    def to_yaml(self) -> str:
+        """The resolved configuration as YAML text (stored in every HDF5 file)."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _format_error(err: ValidationError) -> str:
+    e = err.errors()[0]
+    loc = ".".join(str(p) for p in e["loc"])
+    if e["type"] == "extra_forbidden":
+        parent = _schema_at(e["loc"][:-1])
+        valid = ", ".join(parent.model_fields) if parent else "see docs"
+        return f"config error: unknown key '{loc}' (valid keys here: {valid})"
+    msg = e["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    where = f"'{loc}'" if loc else "config"
+    got = e.get("input")
+    got_txt = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
+    return f"config error: {where}: {msg}{got_txt}"
+
+
+def _schema_at(loc: tuple) -> type[BaseModel] | None:
+    cls: type[BaseModel] = Config
+    for part in loc:
+        field = cls.model_fields.get(str(part))
+        if field is None or not isinstance(field.annotation, type):
+            return None
+        if not issubclass(field.annotation, BaseModel):
+            return None
+        cls = field.annotation
+    return cls
+
+
+def apply_override(tree: dict[str, Any], item: str) -> None:
+    """Apply one ``a.b.c=value`` override (value parsed as YAML) to a nested dict."""
+    if "=" not in item:
+        raise ConfigError(f"config error: override '{item}' is not of the form key=value")
+    key, raw = item.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"config error: override key '{key}' is malformed")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    node = tree
+    for p in parts[:-1]:
+        child = node.setdefault(p, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"config error: '{key}': '{p}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load YAML (or defaults when ``path`` is None), apply overrides, validate."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config error: file '{p}' not found")
+        try:
+            tree = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            line = getattr(getattr(exc, "problem_mark", None), "line", None)
+            where = f" at line {line + 1}" if line is not None else ""
+            raise ConfigError(f"config error: '{p}' is not valid YAML{where}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config error: '{p}' must hold a mapping of keys")
+    for item in overrides:
+        apply_override(tree, item)
+    return config_from_dict(tree)
+
+
+def config_from_dict(tree: dict[str, Any]) -> Config:
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err)) from None
+
+
+def config_from_yaml_text(text: str) -> Config:
+    return config_from_dict(yaml.safe_load(text) or {})

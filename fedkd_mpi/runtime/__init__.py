@@ -1,0 +1,1 @@
+"""Rank roles, devices, the client and server loops."""

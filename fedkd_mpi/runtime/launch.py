@@ -1,0 +1,105 @@
+"""Job start-up: validate once on rank 0, check every rank, then run or exit cleanly.
+
+Exit codes: 0 success, 2 bad input (one line, printed once by rank 0, before any work and
+before anything is written). Any other failure raises; the CLI turns it into ``MPI_Abort``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+from mpi4py import MPI
+
+from fedkd_mpi.comm.mpi import bcast_bytes, gather_text
+from fedkd_mpi.config import Config, ConfigError, config_from_yaml_text, load_config
+from fedkd_mpi.data import load_federated
+from fedkd_mpi.data.rotten_tomatoes import DataError
+from fedkd_mpi.runtime.devices import select_device
+from fedkd_mpi.runtime.run import client_ids_of, clients_per_rank, fedkd_attrs, run
+
+
+def static_checks(cfg: Config, world_size: int, overwrite: bool) -> None:
+    """Checks that need only the config and the world size (rank 0)."""
+    if world_size < 2:
+        raise ConfigError(
+            "launch error: fedkd-mpi run needs at least 2 MPI ranks (rank 0 = server, "
+            "ranks >= 1 = clients), got 1; launch with mpiexec -n N, N >= 2"
+        )
+    if world_size - 1 > cfg.data.num_clients:
+        raise ConfigError(
+            f"launch error: {world_size - 1} client ranks but 'data.num_clients' is "
+            f"{cfg.data.num_clients}; use mpiexec -n <= {cfg.data.num_clients + 1} or raise "
+            "data.num_clients"
+        )
+    check_output(cfg.output, overwrite)
+
+
+def check_output(output: str, overwrite: bool) -> None:
+    out = Path(output)
+    if out.is_dir():
+        raise ConfigError(f"config error: 'output' ({output}) is a directory; give a file path")
+    if out.exists() and not overwrite:
+        raise ConfigError(
+            f"config error: 'output' file {output} already exists; pass --overwrite to "
+            "replace it or set output=<new path>"
+        )
+    parent = out.parent if str(out.parent) else Path(".")
+    probe = parent
+    while not probe.exists():
+        probe = probe.parent
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"config error: 'output' directory {probe} is not writable")
+
+
+def _verdict(comm: MPI.Intracomm, error: str) -> bool:
+    """Gather per-rank errors; rank 0 prints the first; True when everyone may go on."""
+    errors = gather_text(comm, error)
+    first = ""
+    if comm.Get_rank() == 0:
+        first = next((e for e in errors if e), "")
+        if first:
+            print(first, file=sys.stderr, flush=True)
+    return not bcast_bytes(comm, first.encode() if comm.Get_rank() == 0 else None)
+
+
+def launch(config_path: str | None, overrides: list[str], overwrite: bool,
+           comm: MPI.Intracomm | None = None) -> int:
+    """Validate, set up and run one job on ``comm`` (default COMM_WORLD)."""
+    comm = comm or MPI.COMM_WORLD
+    rank = comm.Get_rank()
+    cfg: Config | None = None
+    error = ""
+    if rank == 0:
+        try:
+            cfg = load_config(config_path, overrides)
+            static_checks(cfg, comm.Get_size(), overwrite)
+        except ConfigError as exc:
+            error = str(exc)
+    payload = ("E" + error) if error else ("O" + (cfg.to_yaml() if cfg else ""))
+    text = bcast_bytes(comm, payload.encode() if rank == 0 else None).decode()
+    if text[0] == "E":
+        if rank == 0:
+            print(text[1:], file=sys.stderr, flush=True)
+        return 2
+    cfg = config_from_yaml_text(text[1:])
+    torch.set_num_threads(cfg.runtime.torch_threads)
+    device, error = select_device(cfg.runtime, comm)
+    fed = None
+    if not error:
+        counts = clients_per_rank(cfg.data.num_clients, comm.Get_size())
+        try:
+            fed = load_federated(cfg.data, cfg.seed, client_ids_of(rank, counts))
+        except DataError as exc:
+            error = str(exc)
+    if not _verdict(comm, error):
+        return 2
+    devices = gather_text(comm, f"rank {rank} on {MPI.Get_processor_name()}: {device}")
+    attrs = fedkd_attrs(cfg, comm, devices or [])
+    if rank == 0:
+        print(f"fedkd-mpi: {cfg.algorithm}, {cfg.data.num_clients} clients on "
+              f"{comm.Get_size() - 1} client ranks, {cfg.train.rounds} rounds -> {cfg.output}",
+              flush=True)
+    return run(cfg, comm, device, fed, attrs)

@@ -1,0 +1,126 @@
+"""The rank-0 HDF5 writer (schema in docs/hdf5.md).
+
+Every group, dataset and attribute is created up front; then the file switches to SWMR mode
+and each round only appends along the first (unlimited) axis and flushes, so a reader can
+follow a live run and a killed run leaves every completed round readable. The final
+``status`` is written after closing the SWMR session, by reopening the file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+FORMAT_VERSION = 1
+
+ROUND_FIELDS = ("round", "energy_threshold", "bytes_up", "bytes_down", "mentor_metric",
+                "mentee_metric", "wall_time_s", "codec_time_s", "comm_time_s",
+                "server_time_s", "train_time_s")
+CLIENT_FIELDS = ("bytes_up", "bytes_down", "mentor_metric", "mentee_metric",
+                 "mentor_train_loss", "mentee_train_loss", "num_samples", "train_time_s",
+                 "encode_time_s")
+TIMING_PHASES = ("train_s", "encode_s", "comm_s", "aggregate_s", "decode_s", "eval_s")
+_INT_FIELDS = {"round", "bytes_up", "bytes_down", "num_samples"}
+
+
+def _dtype(name: str) -> type:
+    return np.int64 if name in _INT_FIELDS else np.float64
+
+
+class RunWriter:
+    """Creates the run file and appends one row per completed round."""
+
+    def __init__(self, path: str | Path, attrs: Mapping[str, object], num_clients: int,
+                 world_size: int, layer_names: list[str], layer_shapes: np.ndarray) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        n, w, nl = num_clients, world_size, len(layer_names)
+        f = h5py.File(self.path, "w", libver="latest")
+        for k, v in attrs.items():
+            try:
+                f.attrs[k] = _attr(v)
+            except TypeError as exc:
+                raise TypeError(f"attribute {k!r}: {exc}") from None
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["status"] = "running"
+        for name in ROUND_FIELDS:
+            f.create_dataset(f"rounds/{name}", (0,), maxshape=(None,), dtype=_dtype(name),
+                             chunks=(256,))
+        for name in CLIENT_FIELDS:
+            f.create_dataset(f"clients/{name}", (0, n), maxshape=(None, n), dtype=_dtype(name),
+                             chunks=(16, n))
+        for name in TIMING_PHASES:
+            f.create_dataset(f"timing/{name}", (0, w), maxshape=(None, w), dtype=np.float64,
+                             chunks=(16, w))
+        f.create_dataset("memory/rss_mb", (0, w), maxshape=(None, w), dtype=np.float64,
+                         chunks=(16, w))
+        f.create_dataset("replicas/checksum", (0, w), maxshape=(None, w), dtype=np.int64,
+                         chunks=(16, w))
+        f.create_dataset("layers/names", data=np.array(layer_names, dtype=object),
+                         dtype=h5py.string_dtype())
+        f.create_dataset("layers/shape", data=np.asarray(layer_shapes, np.int64).reshape(nl, 2))
+        f.create_dataset("layers/rank_up", (0, n, nl), maxshape=(None, n, None), dtype=np.int64,
+                         chunks=(4, n, max(nl, 1)))
+        f.create_dataset("layers/rank_down", (0, nl), maxshape=(None, None), dtype=np.int64,
+                         chunks=(16, max(nl, 1)))
+        f.swmr_mode = True
+        self.f: h5py.File | None = f
+        self.rows = 0
+
+    def append(self, rounds: Mapping[str, float], clients: Mapping[str, np.ndarray],
+               timing: Mapping[str, np.ndarray], rss_mb: np.ndarray, rank_up: np.ndarray,
+               rank_down: np.ndarray, checksum: np.ndarray) -> None:
+        """Append one completed round and flush."""
+        f = self.f
+        assert f is not None, "writer closed"
+        i = self.rows
+        for name in ROUND_FIELDS:
+            _put(f[f"rounds/{name}"], i, rounds[name])
+        for name in CLIENT_FIELDS:
+            _put(f[f"clients/{name}"], i, clients[name])
+        for name in TIMING_PHASES:
+            _put(f[f"timing/{name}"], i, timing[name])
+        _put(f["memory/rss_mb"], i, rss_mb)
+        _put(f["layers/rank_up"], i, rank_up)
+        _put(f["layers/rank_down"], i, rank_down)
+        _put(f["replicas/checksum"], i, checksum)
+        self.rows += 1
+        f.flush()
+
+    def close(self, status: str, extra: Mapping[str, object] | None = None) -> None:
+        """Close the SWMR session and record the final status (and any extra attributes)."""
+        if self.f is not None:
+            self.f.close()
+            self.f = None
+        with h5py.File(self.path, "r+") as f:
+            f.attrs["status"] = status
+            for k, v in (extra or {}).items():
+                f.attrs[k] = v
+
+
+def _attr(value: object) -> object:
+    """Strings (and lists of them) as HDF5 variable-length UTF-8."""
+    if isinstance(value, str):
+        return str(value)  # plain str: subclasses (e.g. TorchVersion) confuse h5py
+    if isinstance(value, (list, tuple)) or (isinstance(value, np.ndarray) and value.dtype.kind
+                                             in "OU"):
+        items = list(value)
+        if all(isinstance(x, str) for x in items):
+            return np.array(items, dtype=h5py.string_dtype())
+    return value
+
+
+def _put(ds: h5py.Dataset, i: int, value: object) -> None:
+    ds.resize(i + 1, axis=0)
+    ds[i] = value
+
+
+def open_live(path: str | Path) -> h5py.File:
+    """Open a run file for reading, following a live writer when it is in SWMR mode."""
+    try:
+        return h5py.File(path, "r", libver="latest", swmr=True)
+    except OSError:
+        return h5py.File(path, "r")

