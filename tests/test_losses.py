@@ -41,7 +41,7 @@ def test_paper_mode_values():
     total, parts = fedkd_loss(*_outs(), Y, PAIRS, None, "paper")
     assert parts["loss_t"] == pytest.approx(ce_t + (kl_t + hid + att) / s, rel=1e-6)
     assert parts["loss_s"] == pytest.approx(ce_s + (kl_s + hid + att) / s, rel=1e-6)
-    assert float(total) == pytest.approx(parts["loss_t"] + parts["loss_s"], rel=1e-6)
+    assert total.item() == pytest.approx(parts["loss_t"] + parts["loss_s"], rel=1e-6)
 
 
 def test_reference_mode_values():
@@ -49,7 +49,7 @@ def test_reference_mode_values():
     s = ce_t + ce_s
     total, _ = fedkd_loss(*_outs(), Y, PAIRS, None, "reference")
     want = ce_t + ce_s + (kl_t / 2 + kl_s / 2 + 2 * (hid + att)) / s  # KLDivLoss 'mean': /C
-    assert float(total) == pytest.approx(want, rel=1e-6)
+    assert total.item() == pytest.approx(want, rel=1e-6)
 
 
 def test_paper_mode_stops_gradients_reference_does_not():

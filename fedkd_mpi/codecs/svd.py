@@ -92,7 +92,8 @@ def encode(
                                vt[:k].reshape(-1).cpu().numpy()]
                     continue
         chunks.append(mat.reshape(-1).cpu().numpy())
-    body = np.concatenate(chunks).astype(np.float32, copy=False) if chunks else np.zeros(0, np.float32)
+    body = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+    body = body.astype(np.float32, copy=False)
     return Encoded(ranks, body)
 
 

@@ -54,7 +54,7 @@ def load_federated(cfg: DataConfig, seed: int, client_ids: list[int]) -> Federat
     clients: dict[int, ClientData] = {}
     for c, part in enumerate(parts):
         perm = rng(seed, "split", c).permutation(part)
-        n_test = max(1, int(round(cfg.test_fraction * len(perm))))
+        n_test = max(1, round(cfg.test_fraction * len(perm)))
         test, train = perm[:n_test], perm[n_test:]
         if len(train) == 0:
             raise DataError(

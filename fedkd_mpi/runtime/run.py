@@ -165,9 +165,6 @@ def _client(ctx: Context, fed: FederatedData) -> None:
     bs = cfg.train.eval_batch_size
     fault = _injected_fault(ctx.comm.Get_rank())
     for rnd in range(cfg.train.rounds):
-        if rnd == fault:
-            raise RuntimeError(f"injected fault (FEDKD_MPI_FAULT) on rank {ctx.comm.Get_rank()} "
-                               f"in round {rnd + 1}")
         tv = dict.fromkeys(RANKVAL, 0.0)
         rows = np.full((len(clients), len(ROW)), np.nan)
         theta0 = [p.detach().clone() for p in ctx.params]
@@ -179,6 +176,9 @@ def _client(ctx: Context, fed: FederatedData) -> None:
             t = time.perf_counter()
             losses = local_train(alg, cl, ctx.shared, cfg, rnd, ctx.device)
             t_train = time.perf_counter() - t
+            if rnd == fault:  # after local training: a failure in the middle of a round
+                raise RuntimeError(f"injected fault (FEDKD_MPI_FAULT) on rank "
+                                   f"{ctx.comm.Get_rank()} in round {rnd + 1}")
             t = time.perf_counter()
             row = dict(client=cl.cid, num_samples=cl.data.num_train, train_time_s=t_train,
                        mentor_train_loss=losses.get("mentor_loss", np.nan),
@@ -224,7 +224,7 @@ def _client(ctx: Context, fed: FederatedData) -> None:
 # ---------------------------------------------------------------------------------------
 def _server(ctx: Context, fed: FederatedData, attrs: dict[str, object]) -> int:
     cfg, alg, comm = ctx.cfg, ctx.alg, ctx.comm
-    n, size, rounds = cfg.data.num_clients, comm.Get_size(), cfg.train.rounds
+    n, size = cfg.data.num_clients, comm.Get_size()
     specs = alg.specs
     attrs = dict(attrs)
     attrs.update(
