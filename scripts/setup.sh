@@ -10,10 +10,13 @@ PY=${PYTHON:-python3}
 TORCH_SPEC=${FEDKD_TORCH_SPEC:-torch==2.13.0}   # clusters: set to your CUDA build, or "" to keep yours
 dev=0; [ "${1:-}" = "--dev" ] && dev=1
 
-files="requirements.txt setup.py"; [ $dev = 1 ] && files="$files requirements-dev.txt"
-stamp="$VENV/.fedkd-setup-$( (cat $files; echo "$TORCH_SPEC dev=$dev") | sha256sum | cut -c1-16)"
-if [ -f "$stamp" ] && [ -x "$VENV/bin/fedkd-mpi" ]; then
-  exit 0
+stamp_for() {  # $1 = 0|1 (dev)
+  local files="requirements.txt setup.py"; [ "$1" = 1 ] && files="$files requirements-dev.txt"
+  echo "$VENV/.fedkd-setup-$( (cat $files; echo "$TORCH_SPEC dev=$1") | sha256sum | cut -c1-16)"
+}
+stamp=$(stamp_for $dev)
+if [ -x "$VENV/bin/fedkd-mpi" ] && { [ -f "$stamp" ] || [ -f "$(stamp_for 1)" ]; }; then
+  exit 0  # up to date (a --dev install also satisfies a plain one)
 fi
 echo "[setup] installing into $VENV (one-time, ~1 minute)" >&2
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
@@ -29,4 +32,4 @@ $PIP --no-deps --no-build-isolation -e . 2>&1 | grep -v "^WARNING: Location" || 
 [ -x "$VENV/bin/mpiexec" ] || { echo "[setup] mpiexec missing from $VENV/bin" >&2; exit 1; }
 rm -f "$VENV"/.fedkd-setup-*
 touch "$stamp"
-echo "[setup] done: $("$VENV/bin/mpiexec" --version 2>/dev/null | head -1)" >&2
+echo "[setup] done: $("$VENV/bin/python" -c "from mpi4py import MPI; print(MPI.Get_library_version().splitlines()[0].strip())")" >&2
