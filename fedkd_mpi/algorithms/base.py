@@ -53,7 +53,7 @@ class Algorithm:
         out, role = (shared, self.shared_role) if shared is not None else (private,
                                                                             self.private_role)
         ce = F.cross_entropy(out.logits, y)
-        return ce, {f"{role}_loss": float(ce)}
+        return ce, {f"{role}_loss": float(ce.detach())}
 
     # -- payload, both ends ---------------------------------------------------------------
     def threshold(self, rnd: int) -> float | None:
