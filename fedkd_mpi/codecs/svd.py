@@ -10,9 +10,8 @@ zero, when it is a vector, or when K(P+Q+1) >= PQ. On the wire a factored matrix
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -127,27 +126,14 @@ def decode(
     return out
 
 
-@dataclass
+@dataclass(frozen=True)
 class SVDCodecState:
-    """Energy schedule plus counters (PowerSGD-style numel before/after compression)."""
+    """The codec's settings across rounds: the energy schedule (Eq. 9)."""
 
     t_start: float
     t_end: float
     rounds: int
     schedule: str = "code"
-    floats_before: int = 0
-    floats_after: int = 0
-    seconds: float = 0.0
-    history: list[float] = field(default_factory=list)
 
     def threshold(self, rnd: int) -> float:
         return energy_threshold(self.t_start, self.t_end, rnd, self.rounds, self.schedule)
-
-    def encode(self, tensors: Sequence[torch.Tensor], specs: Sequence[TensorSpec],
-               rnd: int) -> Encoded:
-        t0 = time.perf_counter()
-        enc = encode(tensors, specs, self.threshold(rnd))
-        self.seconds += time.perf_counter() - t0
-        self.floats_before += sum(s.numel for s in specs)
-        self.floats_after += int(enc.body.size)
-        return enc
