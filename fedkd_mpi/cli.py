@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 import traceback
 
 from fedkd_mpi import __version__
@@ -58,8 +59,11 @@ def _run(args: argparse.Namespace) -> int:
     except BaseException as exc:
         if isinstance(exc, SystemExit) and exc.code in (0, None):
             raise
-        sys.stderr.write(f"fedkd-mpi: rank {comm.Get_rank()} failed:\n")
-        traceback.print_exc()
+        # One write, then a pause: MPICH's stdio forwarding can drop output that is still in
+        # flight when MPI_Abort tears the job down.
+        sys.stderr.write(f"fedkd-mpi: rank {comm.Get_rank()} failed:\n"
+                         + "".join(traceback.format_exception(exc)))
         sys.stderr.flush()
+        time.sleep(1.0)
         comm.Abort(1)
         return 1

