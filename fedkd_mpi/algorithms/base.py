@@ -32,6 +32,8 @@ class Algorithm:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.specs: list[TensorSpec] = []
+        #: the server's algorithm state kept across rounds (rank 0; tensors only, checkpointed)
+        self.server_state: dict[str, torch.Tensor] = {}
 
     # -- models ---------------------------------------------------------------------------
     def spec_of(self, role: str | None) -> TransformerSpec | None:
@@ -60,7 +62,17 @@ class Algorithm:
         """Energy threshold of round ``rnd`` (None: send dense)."""
         return None
 
-    def client_encode(self, delta: Sequence[torch.Tensor], rnd: int) -> Encoded:
+    @property
+    def wire_specs(self) -> list[TensorSpec]:
+        """Tensors a message carries (default: the shared model's communicated tensors)."""
+        return self.specs
+
+    def after_step(self, state: dict[str, torch.Tensor], params: Sequence[torch.Tensor]) -> None:
+        """Called after every local optimizer step with the client's state and shared params."""
+
+    def client_encode(self, delta: Sequence[torch.Tensor], rnd: int,
+                      state: dict[str, torch.Tensor]) -> Encoded:
+        """One client's upload; ``state`` (Client.state) persists across rounds."""
         return encode(delta, self.specs, self.threshold(rnd))
 
     def server_aggregate(self, updates: Sequence[Encoded], weights: np.ndarray,
@@ -80,7 +92,20 @@ class Algorithm:
         return encode([a.to(torch.float32) for a in acc], self.specs, self.threshold(rnd))
 
     def client_decode(self, enc: Encoded, device: torch.device | str = "cpu") -> list[torch.Tensor]:
+        """The broadcast message as ``wire_specs`` tensors (identical on every rank)."""
         return decode(enc, self.specs, device)
+
+    @torch.no_grad()
+    def apply_update(self, params: Sequence[torch.Tensor], theta0: Sequence[torch.Tensor],
+                     decoded: Sequence[torch.Tensor],
+                     states: Sequence[dict[str, torch.Tensor]]) -> None:
+        """Set the shared params to ``theta0 + update`` (every rank, same float ops).
+
+        ``states``: Client.state of every client hosted on this rank (empty on rank 0), for
+        algorithms whose download carries more than the model update (SCAFFOLD).
+        """
+        for p, t0, d in zip(params, theta0, decoded[: len(params)], strict=True):
+            p.copy_(t0 + d)
 
 
 class FedAvg(Algorithm):

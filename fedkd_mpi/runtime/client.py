@@ -29,6 +29,9 @@ class Client:
     opt_private: torch.optim.Optimizer | None = None
     opt_shared: torch.optim.Optimizer | None = None
     losses: dict[str, float] = field(default_factory=dict)
+    #: algorithm state of this client kept across rounds (error-feedback residuals, control
+    #: variates, warm starts): tensors only, checkpointed generically
+    state: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def make_optimizer(params: list[nn.Parameter], kind: str, lr: float) -> torch.optim.Optimizer:
@@ -52,6 +55,7 @@ def local_train(alg: Algorithm, client: Client, shared: nn.Module | None, cfg: C
     per_epoch = math.ceil(n / tc.batch_size)
     steps = tc.local_steps if tc.local_steps is not None else tc.local_epochs * per_epoch
     models = [m for m in (client.private, shared, client.proj) if m is not None]
+    shared_params = [] if shared is None else trainable(shared)
     for m in models:
         m.train()
     sums: dict[str, float] = {}
@@ -76,6 +80,8 @@ def local_train(alg: Algorithm, client: Client, shared: nn.Module | None, cfg: C
         for opt in (client.opt_private, client.opt_shared):
             if opt is not None:
                 opt.step()
+        if shared_params:
+            alg.after_step(client.state, shared_params)
         for k, v in parts.items():
             sums[k] = sums.get(k, 0.0) + v
     return {k: v / steps for k, v in sums.items()}

@@ -190,8 +190,8 @@ def _client(ctx: Context, fed: FederatedData) -> None:
             if ctx.shared is not None:
                 t = time.perf_counter()
                 delta = [p.detach() - t0 for p, t0 in zip(ctx.params, theta0, strict=True)]
-                enc = alg.client_encode(delta, rnd)
-                msgs.append(pack(cl.cid, rnd, enc, alg.specs))
+                enc = alg.client_encode(delta, rnd, cl.state)
+                msgs.append(pack(cl.cid, rnd, enc, alg.wire_specs))
                 row["encode_time_s"] = time.perf_counter() - t
                 tv["encode_s"] += row["encode_time_s"]
             tv["train_s"] += t_train
@@ -202,10 +202,8 @@ def _client(ctx: Context, fed: FederatedData) -> None:
             buf = ctx.transport.broadcast(None)
             tv["comm_s"] = time.perf_counter() - t
             t = time.perf_counter()
-            update = alg.client_decode(unpack(buf, alg.specs).encoded, ctx.device)
-            with torch.no_grad():
-                for p, t0, d in zip(ctx.params, theta0, update, strict=True):
-                    p.copy_(t0 + d)
+            update = alg.client_decode(unpack(buf, alg.wire_specs).encoded, ctx.device)
+            alg.apply_update(ctx.params, theta0, update, [cl.state for cl in clients])
             tv["decode_s"] = time.perf_counter() - t
             t = time.perf_counter()
             col = ROW.index(f"{alg.shared_role}_metric")
@@ -228,7 +226,7 @@ def _server(ctx: Context, fed: FederatedData, attrs: dict[str, object]) -> int:
     specs = alg.specs
     attrs = dict(attrs)
     attrs.update(
-        header_bytes=header_bytes(len(specs)) if specs else 0,
+        header_bytes=header_bytes(len(alg.wire_specs)) if specs else 0,
         dense_bytes_mentee=dense_message_bytes(count_trainable(cfg, "mentee", fed.num_classes)),
         dense_bytes_mentor=dense_message_bytes(count_trainable(cfg, "mentor", fed.num_classes)),
         client_rank=np.repeat(np.arange(size), ctx.counts).astype(np.int64),
@@ -266,17 +264,17 @@ def _server_loop(ctx: Context, fed: FederatedData, writer: RunWriter) -> list[di
         if ctx.shared is not None:
             msgs, st = ctx.transport.gather_messages([])
             t = time.perf_counter()
-            parsed = [unpack(buf, alg.specs) for buf in msgs]
+            parsed = [unpack(buf, alg.wire_specs) for buf in msgs]
             for cid, msg in enumerate(parsed):
                 if msg.client_id != cid or msg.round != rnd:
                     raise RuntimeError(f"message from client {msg.client_id} round "
                                        f"{msg.round + 1} where client {cid} round {rnd + 1} "
                                        "was expected")
-                rank_up[cid] = msg.encoded.ranks
+                rank_up[cid] = msg.encoded.ranks[:nl]
             up[:] = [b.size for b in msgs]
             agg = alg.server_aggregate([m.encoded for m in parsed], weights, rnd)
-            out = pack(-1, rnd, agg, alg.specs)
-            rank_down[:] = agg.ranks
+            out = pack(-1, rnd, agg, alg.wire_specs)
+            rank_down[:] = agg.ranks[:nl]
             t_agg = time.perf_counter() - t
             t = time.perf_counter()
             ctx.transport.broadcast(out)
@@ -284,9 +282,7 @@ def _server_loop(ctx: Context, fed: FederatedData, writer: RunWriter) -> list[di
             down[:] = out.size
             t = time.perf_counter()
             update = alg.client_decode(agg, ctx.device)
-            with torch.no_grad():
-                for p, d in zip(ctx.params, update, strict=True):
-                    p.add_(d)
+            alg.apply_update(ctx.params, [p.detach().clone() for p in ctx.params], update, [])
             t_dec = time.perf_counter() - t
         rows = ctx.transport.gather_rows(np.zeros((0, len(ROW))), len(ROW))
         rankvals = ctx.transport.gather_rank_values(np.zeros(len(RANKVAL)))
