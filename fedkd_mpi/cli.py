@@ -9,6 +9,7 @@ import time
 import traceback
 
 from fedkd_mpi import __version__
+from fedkd_mpi.analysis import commands as analysis_commands
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -24,12 +25,20 @@ def _parser() -> argparse.ArgumentParser:
         if name == "run":
             s.add_argument("--overwrite", action="store_true",
                            help="replace an existing output file")
+            s.add_argument("--resume", action="store_true",
+                           help="continue the output file from its last checkpoint "
+                           "(runtime.checkpoint_dir, default <output>.ckpt)")
+    analysis_commands.add_parsers(sub)  # report, compare, export (no MPI)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
+    if args.command in analysis_commands.COMMANDS:
+        if extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        return analysis_commands.main(args)
     bad = [x for x in extra if x.startswith("-") or "=" not in x]
     if bad:
         parser.error(f"unrecognized arguments: {' '.join(bad)}")
@@ -55,7 +64,7 @@ def _run(args: argparse.Namespace) -> int:
 
     comm = MPI.COMM_WORLD
     try:
-        return launch(args.config, args.overrides, args.overwrite, comm)
+        return launch(args.config, args.overrides, args.overwrite, comm, resume=args.resume)
     except BaseException as exc:
         if isinstance(exc, SystemExit) and exc.code in (0, None):
             raise

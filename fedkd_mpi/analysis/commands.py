@@ -1,0 +1,91 @@
+"""The analysis subcommands of ``fedkd-mpi``: report, compare, export (no MPI, no torch).
+
+Errors about the input files (missing, not a run file, unsupported format_version, unknown
+config key or metric) print one line on stderr and return exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+COMMANDS = ("report", "compare", "export")
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Add the report / compare / export subparsers to ``fedkd-mpi``'s parser."""
+    s = sub.add_parser("report", help="summary table and figures of one run file "
+                       "(works on live and killed runs)")
+    s.add_argument("run", help="run file (HDF5)")
+    s.add_argument("--out", type=Path, default=None,
+                   help="figure folder (default: RUN without .h5 + '_report')")
+    s.add_argument("--format", choices=("png", "pdf"), default="png", dest="fmt")
+    s.add_argument("--no-figures", action="store_true", help="terminal summary only")
+
+    s = sub.add_parser("compare", help="runs grouped by a config key, seeds folded into "
+                       "mean ± std (Table 1 shape), overlaid metric-vs-MB curves")
+    s.add_argument("runs", nargs="+", help="run files (HDF5)")
+    s.add_argument("--group-by", default="algorithm", dest="group_by",
+                   help="dotted config key (default: algorithm; e.g. model.mentee.layers)")
+    s.add_argument("--metric", default="auto",
+                   help="for the curves and --target: auto (the run's own model: mentor if it "
+                        "has one, else mentee), mentor, mentee, NAME, mentor_NAME or "
+                        "mentee_NAME (NAME: the file's metric_name / metric_names)")
+    s.add_argument("--target", type=float, default=None,
+                   help="also report the MB per client needed to reach this metric value")
+    s.add_argument("--out", type=Path, default=None,
+                   help="write compare.md, compare.csv, compare_runs.csv and the figure here")
+    s.add_argument("--format", choices=("png", "pdf"), default="png", dest="fmt")
+
+    s = sub.add_parser("export", help="tidy tables of one run as CSV or Parquet files")
+    s.add_argument("run", help="run file (HDF5)")
+    s.add_argument("--to", choices=("csv", "parquet"), required=True)
+    s.add_argument("--out", type=Path, default=None,
+                   help="folder (default: RUN without .h5 + '_export')")
+
+
+def _default_out(run: str, suffix: str) -> Path:
+    p = Path(run)
+    return p.with_name(p.stem + suffix)
+
+
+def main(args: argparse.Namespace) -> int:
+    from fedkd_mpi.analysis.load import RunFileError
+
+    try:
+        return _dispatch(args)
+    except (RunFileError, KeyError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"fedkd-mpi {args.command}: {msg}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from fedkd_mpi.analysis.load import load
+
+    if args.command == "report":
+        from fedkd_mpi.analysis import report
+
+        run = load(args.run)
+        print(report.text(run))
+        if not args.no_figures:
+            out = args.out or _default_out(args.run, "_report")
+            paths = report.figures(run, out, args.fmt)
+            print(f"\nfigures ({len(paths)}) in {out}: " + ", ".join(p.name for p in paths)
+                  if paths else "\nno figures (no completed round)")
+        return 0
+    if args.command == "compare":
+        from fedkd_mpi.analysis.compare import main_compare
+
+        main_compare(args.runs, args.group_by, args.metric, args.target, args.out, args.fmt)
+        return 0
+    if args.command == "export":
+        from fedkd_mpi.analysis.export import export
+
+        run = load(args.run)
+        out = args.out or _default_out(args.run, "_export")
+        for p in export(run, args.to, out):
+            print(p)
+        return 0
+    raise AssertionError(args.command)

@@ -1,0 +1,250 @@
+"""``fedkd-mpi compare A.h5 B.h5 ...``: runs grouped by a config key, seeds folded into mean ± std.
+
+The table has the shape of the paper's Table 1: final mentor and mentee metric, MB per client
+(up + down), reduction against FedAvg on the mentor, and optionally the MB per client needed to
+reach a target metric. Std is the sample standard deviation (ddof = 1), as for "mean ± std over
+5 runs" in the paper; with one run it is left out.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fedkd_mpi.analysis import plots
+from fedkd_mpi.analysis.load import MODELS, Run, config_get
+
+IGNORED_KEYS = {"seed", "output"}
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """Which model's which metric: model None means the run's own model (mentor if it has one)."""
+
+    model: str | None
+    name: str | None  # None: the file's headline metric (root attr metric_name)
+
+    @classmethod
+    def parse(cls, text: str | None) -> MetricSpec:
+        """``auto`` | ``mentor`` | ``mentee`` | ``NAME`` | ``mentor_NAME`` | ``mentee_NAME``."""
+        if text in (None, "", "auto"):
+            return cls(None, None)
+        if text in MODELS:
+            return cls(text, None)
+        for m in MODELS:
+            if text.startswith(f"{m}_"):
+                return cls(m, text[len(m) + 1:])
+        return cls(None, text)
+
+    def column(self, run: Run) -> tuple[str, str]:
+        """(rounds column, label) for this run; KeyError when the run lacks the metric."""
+        name = self.name or run.summary.metric_name
+        if name not in run.summary.metric_names:
+            raise KeyError(f"{run.path}: no metric {name!r} (it has "
+                           f"{', '.join(run.summary.metric_names)})")
+        models = [self.model] if self.model else list(MODELS)
+        for m in models:
+            col = run.metric_column(m, name)
+            if col in run.rounds and np.isfinite(run.rounds[col].to_numpy(float)).any():
+                return col, f"{m} {plots.pretty_metric(name)}"
+        return run.metric_column(models[-1], name), f"{models[-1]} {plots.pretty_metric(name)}"
+
+
+def group_value(run: Run, key: str) -> str:
+    try:
+        v = config_get(run.config, key)
+    except KeyError as exc:
+        raise KeyError(f"{run.path}: config has no key {exc.args[0]!r} (group-by {key!r})") \
+            from None
+    return v if isinstance(v, str) else str(v)
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for k, v in tree.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: repr(tree)}
+
+
+def mixed_keys(runs: list[Run], key: str) -> list[str]:
+    """Config keys (other than the group key, seed, output) that differ within the group."""
+    flats = [_flat(r.config) for r in runs]
+    keys = set().union(*flats) if flats else set()
+    return sorted(k for k in keys if k not in IGNORED_KEYS and k != key
+                  and not k.startswith(f"{key}.")
+                  and len({f.get(k, "<absent>") for f in flats}) > 1)
+
+
+def run_row(run: Run, spec: MetricSpec, target: float | None) -> dict[str, Any]:
+    s = run.summary
+    row: dict[str, Any] = {"path": str(run.path), "status": s.status,
+                           "rounds": s.rounds_completed, "seed": s.seed}
+    name = spec.name or s.metric_name
+    for m in MODELS:
+        row[f"final_{m}"] = s.final.get(f"{m}_{name}", math.nan)
+    row["mb_per_client"] = s.mb_per_client
+    row["mb_up_per_client"] = s.mb_up_per_client
+    row["mb_down_per_client"] = s.mb_down_per_client
+    row["reduction_vs_mentor_fedavg"] = s.reduction_vs_mentor_fedavg
+    if target is not None:
+        col, _ = spec.column(run)
+        v = run.rounds[col].to_numpy(float)
+        hit = np.flatnonzero(v >= target)
+        row["mb_to_target"] = (float(run.rounds["cum_mb_per_client"].iloc[hit[0]])
+                               if len(hit) else math.nan)
+        row["round_to_target"] = int(run.rounds["round"].iloc[hit[0]]) if len(hit) else math.nan
+    return row
+
+
+VALUE_COLS = ["final_mentor", "final_mentee", "mb_per_client", "reduction_vs_mentor_fedavg",
+              "mb_to_target"]
+
+
+def per_run_table(runs: list[Run], key: str, spec: MetricSpec,
+                  target: float | None) -> pd.DataFrame:
+    rows = []
+    for r in runs:
+        row = {"group": group_value(r, key), **run_row(r, spec, target)}
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def fold(per_run: pd.DataFrame) -> pd.DataFrame:
+    """Per group: n and mean/std/n of every value column (NaN-aware: n counts finite values)."""
+    out = []
+    for g, sub in per_run.groupby("group", sort=False):
+        row: dict[str, Any] = {"group": g, "n": len(sub)}
+        for c in VALUE_COLS:
+            if c not in sub:
+                continue
+            v = sub[c].to_numpy(float)
+            v = v[np.isfinite(v)]
+            row[f"{c}_mean"] = float(v.mean()) if len(v) else math.nan
+            row[f"{c}_std"] = float(v.std(ddof=1)) if len(v) > 1 else math.nan
+            row[f"{c}_n"] = len(v)
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def _pm(mean: float, std: float, n: int, total: int, digits: int) -> str:
+    if not math.isfinite(mean):
+        return "–"
+    txt = f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if math.isfinite(std) else "")
+    return txt + (f" ({n}/{total})" if n != total else "")
+
+
+def markdown(folded: pd.DataFrame, key: str, metric: str, target: float | None,
+             target_label: str) -> str:
+    headers = [key, "n", f"final mentor {metric}", f"final mentee {metric}",
+               "MB / client (up+down)", "reduction × vs mentor FedAvg"]
+    cols = [("final_mentor", 4), ("final_mentee", 4), ("mb_per_client", 4),
+            ("reduction_vs_mentor_fedavg", 1)]
+    if target is not None:
+        headers.append(f"MB / client to {target_label} ≥ {target:g}")
+        cols.append(("mb_to_target", 4))
+    rows = []
+    for _, r in folded.iterrows():
+        total = int(r["n"])
+        rows.append([r["group"], total] + [
+            _pm(r[f"{c}_mean"], r[f"{c}_std"], int(r[f"{c}_n"]), total, d) for c, d in cols])
+    table = pd.DataFrame(rows, columns=headers)
+    return table.to_markdown(index=False, disable_numparse=True)
+
+
+def curves_figure(runs: list[Run], groups: list[str], spec: MetricSpec, out: Path, fmt_: str,
+                  key: str) -> Path:
+    """Metric against cumulative MB per client: one line per group (mean over runs, ± std)."""
+    fig, ax = plots.figure(6.8, 4.4)
+    colors = plots.plt.get_cmap("tab10").colors
+    xs_all: list[float] = []
+    labels = set()
+    for i, g in enumerate(dict.fromkeys(groups)):
+        members = [r for r, gg in zip(runs, groups, strict=True) if gg == g]
+        n = min(len(r.rounds) for r in members)
+        if n == 0:
+            continue
+        cols = [spec.column(r) for r in members]
+        labels.update(lbl for _, lbl in cols)
+        y = np.stack([r.rounds[c].to_numpy(float)[:n] for r, (c, _) in zip(members, cols,
+                                                                           strict=True)])
+        x = np.stack([r.rounds["cum_mb_per_client"].to_numpy(float)[:n] for r in members])
+        xm, ym = x.mean(axis=0), y.mean(axis=0)
+        ys = y.std(axis=0, ddof=1) if len(members) > 1 else np.zeros(n)
+        model = ", ".join(sorted({lbl.split(" ")[0] for _, lbl in cols}))
+        color = colors[i % len(colors)]
+        ax.plot(xm, ym, marker="o", color=color,
+                label=f"{key}={g} ({model}, n={len(members)})")
+        if len(members) > 1:
+            ax.fill_between(xm, ym - ys, ym + ys, color=color, alpha=0.2)
+        xs_all += list(xm)
+    plots.log_if_decades(ax, np.array(xs_all))
+    ax.set_xlabel("cumulative MB per client (up + down), mean over runs")
+    metric = " / ".join(sorted(labels)) if labels else "metric"
+    ax.set_ylabel(f"{metric} (mean over clients)")
+    ax.set_title("mean over runs (seeds); shaded: ± 1 std", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return plots.save(fig, out, "compare_metric_vs_mb", fmt_)
+
+
+def compare(runs: list[Run], key: str = "algorithm", metric: str | None = None,
+            target: float | None = None, out: Path | None = None,
+            fmt_: str = "png") -> tuple[str, pd.DataFrame, pd.DataFrame, list[Path]]:
+    """Markdown table, folded table, per-run table and written files (CSV, markdown, figure)."""
+    spec = MetricSpec.parse(metric)
+    per_run = per_run_table(runs, key, spec, target)
+    folded = fold(per_run)
+    name = spec.name or runs[0].summary.metric_name
+    target_label = (f"{spec.model or 'own-model'} {name}")
+    md = markdown(folded, key, name, target, target_label)
+    notes = []
+    for g in folded["group"]:
+        members = [r for r, gg in zip(runs, per_run["group"], strict=True) if gg == g]
+        mixed = mixed_keys(members, key)
+        if mixed:
+            shown = ", ".join(mixed[:6]) + (" ..." if len(mixed) > 6 else "")
+            notes.append(f"note: group {key}={g} mixes runs that differ in {shown}")
+        bad = [r for r in members if not r.summary.complete]
+        for r in bad:
+            notes.append(f"note: {r.path} is {r.summary.status} "
+                         f"({r.summary.rounds_completed} rounds); its last round is used")
+        rounds = {r.summary.rounds_completed for r in members}
+        if len(rounds) > 1:
+            notes.append(f"note: group {key}={g} has runs of {sorted(rounds)} rounds; the curve "
+                         f"stops at {min(rounds)}")
+    if target is not None:
+        notes.append(f"MB to target: cumulative MB per client at the first round where the run's "
+                     f"{target_label} reaches {target:g} (own-model: mentor where the run has "
+                     "one, else mentee); (k/n): only k of n runs reached it")
+    notes.append("mean ± sample std (ddof=1) over the runs of each group; (k/n): value present "
+                 "in k of n runs; –: no such model")
+    text = md + "\n\n" + "\n".join(notes)
+    written: list[Path] = []
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "compare.md").write_text(text + "\n")
+        folded.to_csv(out / "compare.csv", index=False)
+        per_run.to_csv(out / "compare_runs.csv", index=False)
+        written += [out / "compare.md", out / "compare.csv", out / "compare_runs.csv"]
+        written.append(curves_figure(runs, list(per_run["group"]), spec, out, fmt_, key))
+    return text, folded, per_run, written
+
+
+def main_compare(paths: list[str], key: str, metric: str | None, target: float | None,
+                 out: Path | None, fmt_: str) -> str:
+    from fedkd_mpi.analysis.load import load
+
+    runs = [load(p) for p in paths]
+    text, _, _, written = compare(runs, key, metric, target, out, fmt_)
+    if written:
+        text += "\n\nwrote " + ", ".join(str(p) for p in written)
+    print(text, file=sys.stdout)
+    return text

@@ -1,0 +1,410 @@
+"""Read a run file (docs/hdf5.md) into tidy pandas tables.
+
+``load(path)`` opens the file with an SWMR reader (:func:`fedkd_mpi.storage.h5.open_live`), so
+it works on a finished run, a run that is still being written and a run whose job was killed.
+Every per-round dataset is cut to the number of rounds that *all* of them hold: a live writer
+appends dataset by dataset, and a reader can land between two appends.
+
+Datasets are discovered, not listed: any 1-D ``rounds/*``, 2-D ``clients/*`` [round, client]
+and ``timing/*`` / ``memory/*`` [round, rank] dataset becomes a column, so additive format
+changes (format_version 2, extra metrics, participation masks) show up without code changes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pandas as pd
+import yaml
+
+from fedkd_mpi.storage.h5 import open_live
+
+SUPPORTED_VERSIONS = (1, 2)
+MODELS = ("mentor", "mentee")
+
+
+class RunFileError(ValueError):
+    """A path that is not a readable fedkd_mpi run file of a supported format version."""
+
+
+@dataclass
+class RunSummary:
+    """Run-level facts and totals (per client: summed over rounds, divided by the clients)."""
+
+    path: str
+    format_version: int
+    status: str  # the file's status attribute
+    status_note: str  # human reading, e.g. 'incomplete (killed or still running): ...'
+    complete: bool
+    algorithm: str
+    seed: int | None
+    num_clients: int
+    world_size: int | None
+    rounds_completed: int
+    rounds_planned: int | None
+    metric_name: str
+    metric_names: list[str]
+    final: dict[str, float]  # 'mentor_<name>' / 'mentee_<name>' -> metric after the last round
+    mb_up_per_client: float
+    mb_down_per_client: float
+    dense_mb_mentee_per_client: float  # the same messages, had each carried the mentee dense
+    dense_mb_mentor_per_client: float  # ... the mentor dense (FedAvg on the mentor)
+    reduction_vs_mentor_fedavg: float
+    reduction_vs_dense_mentee: float
+    time_per_round_s: dict[str, float]  # mean seconds per round by phase
+
+    @property
+    def mb_per_client(self) -> float:
+        return self.mb_up_per_client + self.mb_down_per_client
+
+
+@dataclass
+class Run:
+    """One run file: the tidy tables, the resolved config and a :class:`RunSummary`."""
+
+    path: Path
+    attrs: dict[str, Any]
+    config: dict[str, Any]
+    rounds: pd.DataFrame  # one row per round
+    clients: pd.DataFrame  # one row per (round, client)
+    layers: pd.DataFrame  # one row per (round, layer)
+    timing: pd.DataFrame  # one row per (round, rank)
+    summary: RunSummary = field(repr=False)
+
+    @property
+    def tables(self) -> dict[str, pd.DataFrame]:
+        return {"rounds": self.rounds, "clients": self.clients, "layers": self.layers,
+                "timing": self.timing}
+
+    def config_value(self, dotted: str) -> Any:
+        """A value of the resolved config by dotted key (``model.mentee.layers``)."""
+        return config_get(self.config, dotted)
+
+    def metric_column(self, model: str, name: str | None = None) -> str:
+        """The ``rounds``/``clients`` column of a model's metric (headline when name is None)."""
+        name = name or self.summary.metric_name
+        return f"{model}_metric" if name == self.summary.metric_name else f"{model}_{name}"
+
+
+def config_get(tree: dict[str, Any], dotted: str) -> Any:
+    """Look up ``a.b.c`` in nested dicts; KeyError naming the missing part."""
+    node: Any = tree
+    for i, part in enumerate(dotted.split(".")):
+        if not isinstance(node, dict) or part not in node:
+            raise KeyError(".".join(dotted.split(".")[: i + 1]))
+        node = node[part]
+    return node
+
+
+def _attr(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.ndarray):
+        return [_attr(v) for v in value.tolist()] if value.dtype.kind in "OSU" else value
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _open(path: Path) -> h5py.File:
+    if not path.exists():
+        raise RunFileError(f"{path}: no such file")
+    if path.is_dir():
+        raise RunFileError(f"{path}: is a directory, not a fedkd_mpi run file")
+    try:
+        is_h5 = h5py.is_hdf5(path)
+    except OSError as exc:
+        raise RunFileError(f"{path}: cannot read ({exc})") from None
+    if not is_h5:
+        raise RunFileError(f"{path}: not a fedkd_mpi run file (not an HDF5 file)")
+    try:
+        return open_live(path)
+    except OSError as exc:
+        raise RunFileError(f"{path}: cannot open the HDF5 file ({exc})") from None
+
+
+def _check_version(path: Path, f: h5py.File) -> int:
+    if "format_version" not in f.attrs:
+        raise RunFileError(f"{path}: not a fedkd_mpi run file (HDF5 without a 'format_version' "
+                           "attribute)")
+    raw = _attr(f.attrs["format_version"])
+    try:
+        version = int(raw)
+    except (TypeError, ValueError):
+        version = None
+    if version not in SUPPORTED_VERSIONS:
+        raise RunFileError(f"{path}: format_version {raw!r} is not supported (this fedkd_mpi "
+                           f"reads {', '.join(map(str, SUPPORTED_VERSIONS))})")
+    return version
+
+
+def _datasets(group: h5py.Group | None, ndim: int) -> dict[str, h5py.Dataset]:
+    if group is None:
+        return {}
+    return {k: v for k, v in group.items() if isinstance(v, h5py.Dataset) and v.ndim == ndim}
+
+
+def load(path: str | Path) -> Run:
+    """Load a run file into tidy tables; :class:`RunFileError` (one line) when it cannot."""
+    path = Path(path)
+    f = _open(path)
+    try:
+        version = _check_version(path, f)
+        return _read(path, f, version)
+    except RunFileError:
+        raise
+    except (KeyError, ValueError, OSError) as exc:
+        raise RunFileError(f"{path}: damaged or unexpected run file ({exc})") from None
+    finally:
+        f.close()
+
+
+def _read(path: Path, f: h5py.File, version: int) -> Run:
+    attrs = {k: _attr(v) for k, v in f.attrs.items()}
+    try:
+        config = yaml.safe_load(attrs.get("config", "")) or {}
+    except yaml.YAMLError:
+        config = {}
+    if not isinstance(config, dict):
+        config = {}
+    rounds_ds = _datasets(f.get("rounds"), 1)
+    client_ds = _datasets(f.get("clients"), 2)
+    rank_ds = {**{k: v for k, v in _datasets(f.get("timing"), 2).items()},
+               **{k: v for k, v in _datasets(f.get("memory"), 2).items()},
+               **{k: v for k, v in _datasets(f.get("replicas"), 2).items()}}
+    layers = f.get("layers")
+    per_round = [*rounds_ds.values(), *client_ds.values(), *rank_ds.values()]
+    if layers is not None:
+        per_round += [layers[k] for k in ("rank_up", "rank_down") if k in layers]
+    if "round" not in rounds_ds:
+        raise RunFileError(f"{path}: not a fedkd_mpi run file (no 'rounds/round' dataset)")
+    n = min((d.shape[0] for d in per_round), default=0)
+
+    rounds = pd.DataFrame({k: d[:n] for k, d in sorted(rounds_ds.items())})
+    rounds.insert(0, "round", rounds.pop("round"))
+    num_clients = int(attrs.get("num_clients", client_ds["bytes_up"].shape[1]
+                                if "bytes_up" in client_ds else 0))
+    nc = max(num_clients, 1)
+    for d in ("up", "down"):
+        if f"bytes_{d}" in rounds:
+            rounds[f"cum_mb_{d}_per_client"] = rounds[f"bytes_{d}"].cumsum() / nc / 1e6
+    if "cum_mb_up_per_client" in rounds and "cum_mb_down_per_client" in rounds:
+        rounds["cum_mb_per_client"] = (rounds["cum_mb_up_per_client"]
+                                       + rounds["cum_mb_down_per_client"])
+    round_no = rounds["round"].to_numpy()
+
+    clients = _long(client_ds, n, round_no, "client")
+    if "client_rank" in attrs and len(clients):
+        cr = np.asarray(attrs["client_rank"])
+        clients.insert(2, "rank", cr[clients["client"].to_numpy()])
+    timing = _long(rank_ds, n, round_no, "rank")
+    if len(timing):
+        timing.insert(2, "role", np.where(timing["rank"] == 0, "server", "client"))
+    layer_df = _layers(layers, n, round_no)
+    if "energy_threshold" in rounds and len(layer_df):
+        layer_df["energy_threshold"] = np.repeat(rounds["energy_threshold"].to_numpy(),
+                                                 len(layer_df) // max(n, 1))
+    _add_phase_times(rounds, timing)
+    summary = _summary(path, version, attrs, config, rounds, clients, n, num_clients)
+    return Run(path=path, attrs=attrs, config=config, rounds=rounds, clients=clients,
+               layers=layer_df, timing=timing, summary=summary)
+
+
+def _long(ds: dict[str, h5py.Dataset], n: int, round_no: np.ndarray, key: str) -> pd.DataFrame:
+    """[round, X] datasets as one long table with columns round, X, <dataset>..."""
+    if not ds:
+        return pd.DataFrame({"round": np.zeros(0, np.int64), key: np.zeros(0, np.int64)})
+    width = min(d.shape[1] for d in ds.values())
+    cols: dict[str, np.ndarray] = {"round": np.repeat(round_no, width),
+                                   key: np.tile(np.arange(width), n)}
+    for k, d in sorted(ds.items()):
+        cols[k] = np.asarray(d[:n, :width]).reshape(-1)
+    return pd.DataFrame(cols)
+
+
+def _layers(g: h5py.Group | None, n: int, round_no: np.ndarray) -> pd.DataFrame:
+    """One row per (round, layer): K of the broadcast and of the clients' uploads."""
+    cols = ["round", "layer", "name", "rows", "cols", "full_rank", "rank_down", "rank_up_min",
+            "rank_up_mean", "rank_up_max", "dense_up_clients", "rank_down_share",
+            "rank_up_share"]
+    if g is None or "names" not in g or len(g["names"]) == 0:
+        return pd.DataFrame({c: [] for c in cols})
+    names = [x.decode() if isinstance(x, bytes) else str(x) for x in g["names"][:]]
+    nl = len(names)
+    shape = np.asarray(g["shape"][:], np.int64).reshape(nl, 2)
+    full = shape.min(axis=1)
+    down = (np.asarray(g["rank_down"][:n, :nl], np.int64) if "rank_down" in g
+            else np.full((n, nl), -1))
+    up = (np.asarray(g["rank_up"][:n, :, :nl], np.float64) if "rank_up" in g
+          else np.full((n, 0, nl), np.nan))
+    dense_up = (up == -1).sum(axis=1)
+    # rank of a factorised upload; dense uploads (-1) and non-participants (< -1) are left out
+    fac = np.where(up >= 0, up, np.nan)
+    with np.errstate(all="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            up_min, up_mean, up_max = (np.nanmin(fac, axis=1), np.nanmean(fac, axis=1),
+                                       np.nanmax(fac, axis=1))
+    down_f = np.where(down >= 0, down, np.nan).astype(np.float64)
+    df = pd.DataFrame({
+        "round": np.repeat(round_no, nl), "layer": np.tile(np.arange(nl), n),
+        "name": np.tile(np.array(names, dtype=object), n),
+        "rows": np.tile(shape[:, 0], n), "cols": np.tile(shape[:, 1], n),
+        "full_rank": np.tile(full, n), "rank_down": down.reshape(-1),
+        "rank_up_min": up_min.reshape(-1), "rank_up_mean": up_mean.reshape(-1),
+        "rank_up_max": up_max.reshape(-1), "dense_up_clients": dense_up.reshape(-1),
+        "rank_down_share": (down_f / full).reshape(-1),
+        "rank_up_share": (up_mean / full).reshape(-1),
+    })
+    return df[cols]
+
+
+PHASES = ("train", "encode", "comm", "server", "decode", "eval", "other")
+PHASE_LABELS = {"train": "local training", "encode": "encode (clients)",
+                "comm": "communication", "server": "server (decode+average+re-encode)",
+                "decode": "decode (clients)", "eval": "evaluation", "other": "other"}
+
+
+def _add_phase_times(rounds: pd.DataFrame, timing: pd.DataFrame) -> None:
+    """Per-round critical-path split: ``phase_<name>_s`` columns summing to ``wall_time_s``.
+
+    Client phases are the slowest client rank's; communication and server are rank 0's
+    (``rounds/comm_time_s``, ``rounds/server_time_s``); ``other`` is what is left of the wall
+    time (waiting, bookkeeping, HDF5 writes)."""
+    if not len(rounds):
+        for p in PHASES:
+            rounds[f"phase_{p}_s"] = pd.Series(dtype=np.float64)
+        return
+    clients = timing[timing["rank"] > 0] if len(timing) else timing
+
+    def slowest(col: str) -> np.ndarray:
+        if col not in clients or not len(clients):
+            return np.zeros(len(rounds))
+        m = clients.groupby("round")[col].max()
+        return m.reindex(rounds["round"]).fillna(0.0).to_numpy()
+
+    def col(name: str, fallback: np.ndarray) -> np.ndarray:
+        return rounds[name].to_numpy(np.float64) if name in rounds else fallback
+
+    train = col("train_time_s", slowest("train_s"))
+    parts = {"train": train, "encode": slowest("encode_s"),
+             "comm": col("comm_time_s", np.zeros(len(rounds))),
+             "server": col("server_time_s", np.zeros(len(rounds))),
+             "decode": slowest("decode_s"), "eval": slowest("eval_s")}
+    wall = col("wall_time_s", sum(parts.values()))
+    parts["other"] = np.maximum(wall - sum(parts.values()), 0.0)
+    for p in PHASES:
+        rounds[f"phase_{p}_s"] = parts[p]
+
+
+def _metric_names(attrs: dict[str, Any], rounds: pd.DataFrame) -> list[str]:
+    head = str(attrs.get("metric_name", "metric"))
+    names = [head]
+    listed = attrs.get("metric_names")
+    if isinstance(listed, str):
+        listed = [listed]
+    for name in list(listed or []):
+        if name not in names:
+            names.append(str(name))
+    # discovered: rounds/{mentor,mentee}_<name> that are not losses or the headline column
+    for c in rounds.columns:
+        for m in MODELS:
+            if c.startswith(f"{m}_") and c != f"{m}_metric":
+                name = c[len(m) + 1:]
+                if "loss" not in name and name not in names:
+                    names.append(name)
+    return names
+
+
+def _status_note(path: Path, status: str, rounds: pd.DataFrame, planned: int | None,
+                 created: float | None) -> tuple[str, bool]:
+    done = len(rounds)
+    if status == "completed":
+        if planned is not None and done < planned:
+            return f"completed after {done} of {planned} rounds", True
+        return "completed", True
+    if status == "failed":
+        return f"failed (an exception stopped the job after {done} completed rounds)", False
+    if status == "interrupted":
+        return f"interrupted (stopped on a signal after {done} rounds; resumable)", False
+    if status != "running":
+        return f"{status} (unknown status)", False
+    # 'running': the writer sets it first and replaces it on exit, so a killed job keeps it.
+    # A live writer cannot be detected for sure (SWMR writers hold no file lock); guess from
+    # how long ago the file was last written compared with the time rounds take.
+    age = time.time() - os.path.getmtime(path)
+    typical = float(np.nanmedian(rounds["wall_time_s"])) if done and "wall_time_s" in rounds \
+        else math.nan
+    if not math.isfinite(typical) and created is not None and done:
+        typical = (os.path.getmtime(path) - created) / done
+    limit = max(120.0, 10.0 * typical) if math.isfinite(typical) else 600.0
+    guess = "probably still running" if age <= limit else "probably killed"
+    return (f"incomplete (killed or still running): {done} of {planned or '?'} rounds; "
+            f"last written {age:.0f} s ago, {guess} (heuristic: still running if written "
+            f"within {limit:.0f} s)"), False
+
+
+def _summary(path: Path, version: int, attrs: dict[str, Any], config: dict[str, Any],
+             rounds: pd.DataFrame, clients: pd.DataFrame, n: int,
+             num_clients: int) -> RunSummary:
+    try:
+        planned = int(config_get(config, "train.rounds"))
+    except (KeyError, TypeError, ValueError):
+        planned = None
+    status = str(attrs.get("status", "unknown"))
+    created = attrs.get("created_unix")
+    note, complete = _status_note(path, status, rounds, planned,
+                                  float(created) if created is not None else None)
+    names = _metric_names(attrs, rounds)
+    final: dict[str, float] = {}
+    for m in MODELS:
+        for i, name in enumerate(names):
+            colname = f"{m}_metric" if i == 0 else f"{m}_{name}"
+            final[f"{m}_{name}"] = (float(rounds[colname].iloc[-1])
+                                    if n and colname in rounds else math.nan)
+    nc = max(num_clients, 1)
+    up = float(rounds["bytes_up"].sum()) / nc / 1e6 if "bytes_up" in rounds else math.nan
+    down = float(rounds["bytes_down"].sum()) / nc / 1e6 if "bytes_down" in rounds else math.nan
+    msgs = _messages_per_client(clients, n, num_clients)
+    dense_mentee = msgs * float(attrs.get("dense_bytes_mentee", math.nan)) / 1e6
+    dense_mentor = msgs * float(attrs.get("dense_bytes_mentor", math.nan)) / 1e6
+    total = up + down
+
+    def ratio(ref: float) -> float:
+        return ref / total if total > 0 else math.nan
+
+    phases = {p: float(rounds[f"phase_{p}_s"].mean()) if n else math.nan for p in PHASES}
+    phases["wall"] = float(rounds["wall_time_s"].mean()) if n and "wall_time_s" in rounds \
+        else math.nan
+    seed = attrs.get("seed", config.get("seed"))
+    world = attrs.get("world_size")
+    return RunSummary(
+        path=str(path), format_version=version, status=status, status_note=note,
+        complete=complete, algorithm=str(attrs.get("algorithm", config.get("algorithm", "?"))),
+        seed=int(seed) if seed is not None else None, num_clients=num_clients,
+        world_size=int(world) if world is not None else None, rounds_completed=n,
+        rounds_planned=planned, metric_name=names[0], metric_names=names, final=final,
+        mb_up_per_client=up, mb_down_per_client=down, dense_mb_mentee_per_client=dense_mentee,
+        dense_mb_mentor_per_client=dense_mentor, reduction_vs_mentor_fedavg=ratio(dense_mentor),
+        reduction_vs_dense_mentee=ratio(dense_mentee), time_per_round_s=phases)
+
+
+def _messages_per_client(clients: pd.DataFrame, n: int, num_clients: int) -> float:
+    """Messages per client (uploads + downloads, averaged over clients) actually sent.
+
+    A dense reference (FedAvg) would send the same messages at the dense size. With every client
+    in every round this is 2 per round, the run's own end-of-run summary rule; a client that
+    sends and receives nothing in a round (not sampled) counts for nothing."""
+    if "bytes_up" not in clients or "bytes_down" not in clients:
+        return 2.0 * n
+    sent = int((clients["bytes_up"] > 0).sum() + (clients["bytes_down"] > 0).sum())
+    return sent / max(num_clients, 1)
