@@ -90,6 +90,11 @@ class FedKDConfig(_Strict):
     mentor_hidden_loss: bool = Field(
         True, description="hidden/attention terms also train the mentor (paper: yes)"
     )
+    svd_method: Literal["auto", "full", "gram", "randomized"] = Field(
+        "auto", description="SVD codec factorisation path (docs/PERFORMANCE.md)")
+    server_path: Literal["auto", "dense", "factored"] = Field(
+        "auto", description="server re-encode: SVD of the dense average, or exact SVD from the "
+        "clients' factors without the dense matrix (auto: when cheaper)")
 
     @model_validator(mode="after")
     def _ordered(self) -> FedKDConfig:

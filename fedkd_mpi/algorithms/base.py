@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedkd_mpi.algorithms.losses import LossSwitches, fedkd_loss
+from fedkd_mpi.codecs.linalg import server_average
 from fedkd_mpi.codecs.svd import Encoded, SVDCodecState, TensorSpec, decode, encode
 from fedkd_mpi.config import Config, TransformerSpec
 from fedkd_mpi.models import EncoderOutput, layer_map
@@ -73,13 +74,17 @@ class Algorithm:
     def client_encode(self, delta: Sequence[torch.Tensor], rnd: int,
                       state: dict[str, torch.Tensor]) -> Encoded:
         """One client's upload; ``state`` (Client.state) persists across rounds."""
-        return encode(delta, self.specs, self.threshold(rnd))
+        return encode(delta, self.specs, self.threshold(rnd), method=self.cfg.fedkd.svd_method)
 
     def server_aggregate(self, updates: Sequence[Encoded], weights: np.ndarray,
                          rnd: int) -> Encoded:
         """Decode every client's update, average them in float64 in client order, re-encode."""
         w = np.asarray(weights, dtype=np.float64)
         w = w / w.sum()
+        thr, fk = self.threshold(rnd), self.cfg.fedkd
+        if thr is not None and fk.server_path != "dense":  # factored average (codecs/linalg.py)
+            dense, facts = server_average(updates, w, self.specs, thr, fk.server_path)
+            return encode(dense, self.specs, thr, method=fk.svd_method, factors=facts)
         acc: list[torch.Tensor] | None = None
         for wi, upd in zip(w.tolist(), updates, strict=True):
             tensors = decode(upd, self.specs)
@@ -89,7 +94,8 @@ class Algorithm:
                 for a, t in zip(acc, tensors, strict=True):
                     a.add_(t.to(torch.float64), alpha=wi)
         assert acc is not None
-        return encode([a.to(torch.float32) for a in acc], self.specs, self.threshold(rnd))
+        return encode([a.to(torch.float32) for a in acc], self.specs, self.threshold(rnd),
+                      method=self.cfg.fedkd.svd_method)
 
     def client_decode(self, enc: Encoded, device: torch.device | str = "cpu") -> list[torch.Tensor]:
         """The broadcast message as ``wire_specs`` tensors (identical on every rank)."""

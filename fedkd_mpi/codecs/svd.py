@@ -10,11 +10,13 @@ zero, when it is a vector, or when K(P+Q+1) >= PQ. On the wire a factored matrix
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from fedkd_mpi.codecs.linalg import Factorization, factorize
 
 DENSE = -1
 
@@ -73,23 +75,35 @@ class Encoded:
 
 
 def encode(
-    tensors: Sequence[torch.Tensor], specs: Sequence[TensorSpec], threshold: float | None
+    tensors: Sequence[torch.Tensor | None], specs: Sequence[TensorSpec], threshold: float | None,
+    *, method: str = "auto", factors: Mapping[int, Factorization] | None = None,
 ) -> Encoded:
-    """Encode tensors; ``threshold=None`` sends everything dense (FedAvg)."""
+    """Encode tensors; ``threshold=None`` sends everything dense (FedAvg).
+
+    ``method``: the factorisation path (codecs/linalg.py: auto | full | gram | randomized);
+    ``factors``: already-known factorisations by tensor index (the server's factored
+    average; the tensor may then be None), used instead of factorising.
+    """
     ranks = np.full(len(specs), DENSE, dtype=np.int64)
     chunks: list[np.ndarray] = []
-    for i, (t, spec) in enumerate(zip(tensors, specs, strict=True)):
-        mat = t.detach().reshape(spec.rows, spec.cols).to(torch.float32)
-        if threshold is not None and spec.cols > 1 and spec.rows > 1:
-            u, s, vt = torch.linalg.svd(mat, full_matrices=False)
-            s64 = s.cpu().numpy().astype(np.float64)
-            if s64.sum() > 0.0:
-                k = choose_rank(s64, threshold)
+    pre = dict(factors or {})
+    mats = [None if i in pre else t.detach().reshape(spec.rows, spec.cols).to(torch.float32)
+            for i, (t, spec) in enumerate(zip(tensors, specs, strict=True))]
+    todo = [i for i, spec in enumerate(specs) if i not in pre and threshold is not None
+            and spec.cols > 1 and spec.rows > 1]
+    pre.update(zip(todo, factorize([mats[i] for i in todo], threshold, method), strict=True))
+    for i, spec in enumerate(specs):
+        f = pre.get(i)
+        if f is not None and threshold is not None:
+            u, s, vt = f.u, f.s, f.vt
+            if f.total > 0.0:
+                k = f.rank
                 if spec.floats(k) < spec.numel:
                     ranks[i] = k
                     chunks += [u[:, :k].reshape(-1).cpu().numpy(), s[:k].cpu().numpy(),
                                vt[:k].reshape(-1).cpu().numpy()]
                     continue
+        mat = mats[i] if mats[i] is not None else f.dense()
         chunks.append(mat.reshape(-1).cpu().numpy())
     body = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
     body = body.astype(np.float32, copy=False)
