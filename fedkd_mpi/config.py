@@ -38,13 +38,25 @@ class TransformerSpec(_Strict):
 
 
 class DataConfig(_Strict):
-    name: Literal["rotten_tomatoes"] = "rotten_tomatoes"
+    name: Literal["rotten_tomatoes", "bbc_news", "fashion_mnist"] = "rotten_tomatoes"
     num_clients: int = Field(3, ge=1, le=100_000)
-    partition: Literal["iid", "natural"] = "iid"
+    partition: Literal["iid", "natural", "dirichlet", "shards"] = "iid"
+    dirichlet_alpha: float = Field(0.5, gt=0.0, le=1e6, description="label skew (dirichlet)")
+    shards_per_client: int = Field(2, ge=1, le=10_000, description="label shards (shards)")
+    natural_key: str | None = Field(None, description="natural: grouping key; None = default")
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     max_len: int = Field(48, ge=4, le=4096, description="tokens per example")
     vocab_size: int = Field(8192, ge=64, le=1_000_000, description="hash buckets")
-    max_samples: int | None = Field(None, ge=10, description="subsample the corpus (tests)")
+    max_samples: int | None = Field(None, ge=10, description="subsample the corpus (tests); "
+                                    "global test protocol: subsample the training pool")
+    tokenizer: str = Field("auto", description="auto | hash | a pretrained name or folder "
+                           "(its tokenizer.json); auto: model.pretrained for kind hf, else hash")
+    metric: Literal["accuracy", "f1", "macro_f1"] = Field(
+        "accuracy", description="headline metric (f1: of the positive class, binary tasks)")
+    test_protocol: Literal["per_client", "global"] = Field(
+        "per_client", description="per_client: test_fraction of each client's share; global: "
+        "one held-out set (the official test split if any) evaluated by every client")
+    test_samples: int | None = Field(None, ge=1, description="global: cap on held-out examples")
 
 
 class ModelConfig(_Strict):
@@ -52,6 +64,12 @@ class ModelConfig(_Strict):
     mentee: TransformerSpec = TransformerSpec(layers=2, hidden=64, heads=4, ffn=128)
     freeze_embeddings: bool = Field(True, description="shared model: frozen, never sent")
     freeze_private_embeddings: bool = Field(True, description="private model (never sent)")
+    kind: Literal["tiny", "hf", "cnn"] = Field(
+        "tiny", description="tiny: small encoder from scratch; hf: pretrained encoder "
+        "(model.pretrained), mentor/mentee = its first mentor.layers/mentee.layers layers; "
+        "cnn: small CNN (image tasks)")
+    pretrained: str = Field("all-MiniLM-L6-v2", description="kind hf: packaged name or a local "
+                            "folder with a Hugging Face config.json and weights")
 
     @model_validator(mode="after")
     def _mentee_not_deeper(self) -> ModelConfig:
@@ -73,13 +91,18 @@ class TrainConfig(_Strict):
     lr_mentor: float = Field(1e-3, gt=0.0, le=10.0)
     lr_mentee: float = Field(1e-3, gt=0.0, le=10.0)
     aggregation: Literal["uniform", "weighted"] = "uniform"
+    eval_every: int = Field(1, ge=1, description="held-out evaluation every N rounds and after "
+                            "the last (other rounds: NaN metrics)")
+    sample_fraction: float = Field(1.0, gt=0.0, le=1.0, description="clients sampled per round")
+    sample_count: int | None = Field(None, ge=1, description="clients per round; overrides "
+                                     "sample_fraction")
 
 
 class FedKDConfig(_Strict):
     t_start: float = Field(0.95, gt=0.0, le=1.0)
     t_end: float = Field(0.98, gt=0.0, le=1.0)
-    schedule: Literal["code", "endpoints"] = Field(
-        "code", description="code: t=(r+1)/R; endpoints: t=r/(R-1)"
+    schedule: Literal["code", "endpoints", "fixed"] = Field(
+        "code", description="code: t=(r+1)/R; endpoints: t=r/(R-1); fixed: T = t_end always"
     )
     loss_mode: Literal["paper", "reference"] = "paper"
     kd_loss: bool = True
@@ -90,6 +113,12 @@ class FedKDConfig(_Strict):
     mentor_hidden_loss: bool = Field(
         True, description="hidden/attention terms also train the mentor (paper: yes)"
     )
+    # extensions beyond the paper (off by default)
+    error_feedback: bool = Field(False, description="carry the truncated-SVD residual to the "
+                                 "next round, per client and on the server")
+    factor_dtype: Literal["float32", "float16"] = Field(
+        "float32", description="dtype of the SVD factors (and dense tensors) on the wire")
+    max_rank: int | None = Field(None, ge=1, description="cap on K per matrix (None: no cap)")
     svd_method: Literal["auto", "full", "gram", "randomized"] = Field(
         "auto", description="SVD codec factorisation path (docs/PERFORMANCE.md)")
     server_path: Literal["auto", "dense", "factored"] = Field(
@@ -101,6 +130,22 @@ class FedKDConfig(_Strict):
         if self.t_start > self.t_end:
             raise ValueError(f"t_start ({self.t_start}) must be <= t_end ({self.t_end})")
         return self
+
+
+class FedPAQConfig(_Strict):
+    bits: Literal[8, 16] = Field(8, description="quantisation levels 2**bits per tensor")
+    rounding: Literal["stochastic", "nearest"] = Field(
+        "stochastic", description="client upload rounding (server download: nearest)")
+
+
+class TopKConfig(_Strict):
+    ratio: float = Field(0.01, gt=0.0, le=1.0, description="share of entries sent per tensor")
+    error_feedback: bool = Field(True, description="carry the unsent residual (both ends)")
+
+
+class PowerSGDConfig(_Strict):
+    rank: int = Field(4, ge=1, le=4096, description="rank r of the P Q^T approximation")
+    error_feedback: bool = Field(True, description="carry the residual (both ends)")
 
 
 class FedAvgConfig(_Strict):
@@ -117,19 +162,59 @@ class RuntimeConfig(_Strict):
     torch_threads: int = Field(1, ge=1, le=1024)
     poll_interval_ms: float = Field(2.0, ge=0.0, le=1000.0, description="0 = block in MPI")
     progress: bool = True
+    nonfinite: Literal["stop", "skip"] = Field(
+        "stop", description="NaN/Inf in a client's loss or update: stop the run (naming client "
+        "and round) or skip that client's update for the round (recorded in clients/skipped)")
+    resident_clients: int | None = Field(None, ge=1, description="private states kept in memory "
+                                         "per rank (None: all); the rest spill to spill_dir")
+    spill_dir: str | None = Field(None, description="node-local spill directory (None: $TMPDIR)")
+    ranks_per_gpu: int = Field(1, ge=1, le=1024, description="client ranks that may share a GPU")
+    checkpoint_every: int = Field(0, ge=0, description="rounds between checkpoints (0: only on "
+                                  "SIGTERM/SIGUSR1)")
+    checkpoint_dir: str | None = Field(None, description="None: <output>.ckpt")
 
 
 class Config(_Strict):
     seed: int = Field(0, ge=0, le=2**31 - 1)
     output: str = "runs/run.h5"
-    algorithm: Literal["fedkd", "fedavg", "local"] = "fedkd"
+    algorithm: Literal["fedkd", "fedavg", "local", "fedpaq", "topk", "powersgd",
+                       "scaffold"] = "fedkd"
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     fedkd: FedKDConfig = FedKDConfig()
     fedavg: FedAvgConfig = FedAvgConfig()
+    fedpaq: FedPAQConfig = FedPAQConfig()
+    topk: TopKConfig = TopKConfig()
+    powersgd: PowerSGDConfig = PowerSGDConfig()
     local: LocalConfig = LocalConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+
+    @model_validator(mode="after")
+    def _task_and_model(self) -> Config:
+        d, m = self.data, self.model
+        if (d.name == "fashion_mnist") != (m.kind == "cnn"):
+            raise ValueError(f"data.name '{d.name}' and model.kind '{m.kind}' do not fit "
+                             "(fashion_mnist needs kind cnn; text tasks need tiny or hf)")
+        if d.metric == "f1" and d.name != "rotten_tomatoes":
+            raise ValueError(f"data.metric 'f1' (positive class) needs a binary task; "
+                             f"data.name '{d.name}' has more classes (use accuracy or macro_f1)")
+        if m.kind == "hf":
+            from fedkd_mpi.models.hf import PretrainedError, inspect
+
+            try:
+                layers = int(inspect(m.pretrained)["num_hidden_layers"])
+            except PretrainedError as exc:
+                raise ValueError(str(exc)) from None
+            if m.mentor.layers > layers:
+                raise ValueError(f"model.mentor.layers ({m.mentor.layers}) exceeds the "
+                                 f"{layers} layers of model.pretrained '{m.pretrained}'")
+            if d.tokenizer == "hash":
+                raise ValueError("data.tokenizer 'hash' cannot feed a pretrained model "
+                                 "(model.kind hf); use auto")
+        if d.tokenizer == "auto":
+            d.tokenizer = m.pretrained if m.kind == "hf" else "hash"
+        return self
 
     def to_yaml(self) -> str:
         """The resolved configuration as YAML text (stored in every HDF5 file)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 PURPOSES = {"partition": 1, "split": 2, "init": 3, "train": 4, "mentor_init": 5, "wh_init": 6,
-            "subsample": 7}
+            "subsample": 7, "sampling": 8, "quant": 9, "powersgd": 10}
 
 
 def seed_sequence(seed: int, purpose: str, *keys: int) -> np.random.SeedSequence:
