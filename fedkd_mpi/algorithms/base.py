@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedkd_mpi.algorithms.losses import LossSwitches, fedkd_loss
+from fedkd_mpi.codecs import svd as svd_codec
 from fedkd_mpi.codecs.linalg import server_average
 from fedkd_mpi.codecs.svd import Encoded, SVDCodecState, TensorSpec, decode, encode
 from fedkd_mpi.config import Config, TransformerSpec
@@ -67,6 +68,13 @@ class Algorithm:
     def wire_specs(self) -> list[TensorSpec]:
         """Tensors a message carries (default: the shared model's communicated tensors)."""
         return self.specs
+
+    #: numpy dtype of every message body (comm/wire.py v2)
+    wire_dtype: np.dtype = np.dtype(np.float32)
+
+    def wire_body_nbytes(self):
+        """The wire's body-size rule ``fn(meta) -> bytes`` for ``wire_specs`` (None: SVD rule)."""
+        return None
 
     def after_step(self, state: dict[str, torch.Tensor], params: Sequence[torch.Tensor]) -> None:
         """Called after every local optimizer step with the client's state and shared params."""
@@ -175,6 +183,63 @@ class FedKD(Algorithm):
     def threshold(self, rnd: int) -> float:
         return self.codec.threshold(rnd)
 
+    # -- extensions beyond the paper (fedkd.error_feedback / factor_dtype / max_rank) ------
+    @property
+    def extended(self) -> bool:
+        f = self.cfg.fedkd
+        return f.error_feedback or f.factor_dtype != "float32" or f.max_rank is not None
+
+    @property
+    def wire_dtype(self) -> np.dtype:  # type: ignore[override]
+        return np.dtype(self.cfg.fedkd.factor_dtype)
+
+    def wire_body_nbytes(self):
+        if self.cfg.fedkd.factor_dtype == "float32":
+            return None  # the wire's default SVD rule
+        specs, item = self.specs, self.wire_dtype.itemsize
+
+        def size(meta: np.ndarray) -> int:
+            total = 0
+            for k, spec in zip(np.asarray(meta).tolist(), specs, strict=True):
+                if k != svd_codec.DENSE and not 1 <= k <= min(spec.rows, spec.cols):
+                    raise ValueError(f"tensor {spec.name}: rank {k} outside "
+                                     f"[1, {min(spec.rows, spec.cols)}] and not -1 (dense)")
+                total += item * spec.floats(k)
+            return total
+
+        return size
+
+    def _ext_encode(self, tensors: list[torch.Tensor], rnd: int,
+                    state: dict[str, torch.Tensor]) -> Encoded:
+        """SVD encode with the extensions; with error feedback, ``state`` carries the residual
+        ``svd_err/i`` = (update + old residual) - what the message decodes to."""
+        f = self.cfg.fedkd
+        if f.error_feedback:
+            tensors = [t + state[f"svd_err/{i}"].to(t) if f"svd_err/{i}" in state else t
+                       for i, t in enumerate(tensors)]
+        enc = encode(tensors, self.specs, self.threshold(rnd), method=f.svd_method,
+                     max_rank=f.max_rank, dtype=self.wire_dtype)
+        if f.error_feedback:
+            sent = decode(enc, self.specs, tensors[0].device if tensors else "cpu")
+            for i, (t, d) in enumerate(zip(tensors, sent, strict=True)):
+                state[f"svd_err/{i}"] = (t.detach().to(torch.float32) - d).clone()
+        return enc
+
+    def client_encode(self, delta, rnd, state):
+        if not self.extended:
+            return super().client_encode(delta, rnd, state)
+        return self._ext_encode(list(delta), rnd, state)
+
+    def server_aggregate(self, updates, weights, rnd):
+        if not self.extended:
+            return super().server_aggregate(updates, weights, rnd)
+        from fedkd_mpi.algorithms.baselines import weighted_mean
+
+        mean = weighted_mean(updates, weights, self.specs, decode)
+        return self._ext_encode(mean, rnd, self.server_state)
+
 
 def build_algorithm(cfg: Config) -> Algorithm:
-    return {"fedkd": FedKD, "fedavg": FedAvg, "local": Local}[cfg.algorithm](cfg)
+    from fedkd_mpi.algorithms.baselines import BASELINES
+
+    return {"fedkd": FedKD, "fedavg": FedAvg, "local": Local, **BASELINES}[cfg.algorithm](cfg)

@@ -58,7 +58,12 @@ def choose_rank(sigma: np.ndarray, threshold: float) -> int:
 
 
 def energy_threshold(t_start: float, t_end: float, rnd: int, rounds: int, schedule: str) -> float:
-    """Eq. 9 with t = (r+1)/R ('code') or t = r/(R-1) ('endpoints'); ``rnd`` is 0-based."""
+    """Eq. 9 with t = (r+1)/R ('code') or t = r/(R-1) ('endpoints'); ``rnd`` is 0-based.
+
+    ``fixed`` (ablation): T = t_end in every round.
+    """
+    if schedule == "fixed":
+        return t_end
     if schedule == "code":
         t = (rnd + 1) / rounds
     else:
@@ -77,12 +82,14 @@ class Encoded:
 def encode(
     tensors: Sequence[torch.Tensor | None], specs: Sequence[TensorSpec], threshold: float | None,
     *, method: str = "auto", factors: Mapping[int, Factorization] | None = None,
+    max_rank: int | None = None, dtype: np.dtype | type = np.float32,
 ) -> Encoded:
     """Encode tensors; ``threshold=None`` sends everything dense (FedAvg).
 
     ``method``: the factorisation path (codecs/linalg.py: auto | full | gram | randomized);
     ``factors``: already-known factorisations by tensor index (the server's factored
     average; the tensor may then be None), used instead of factorising.
+    ``max_rank``: cap on K per matrix; ``dtype``: body dtype on the wire (float32 | float16).
     """
     ranks = np.full(len(specs), DENSE, dtype=np.int64)
     chunks: list[np.ndarray] = []
@@ -97,7 +104,7 @@ def encode(
         if f is not None and threshold is not None:
             u, s, vt = f.u, f.s, f.vt
             if f.total > 0.0:
-                k = f.rank
+                k = f.rank if max_rank is None else min(f.rank, max_rank)
                 if spec.floats(k) < spec.numel:
                     ranks[i] = k
                     chunks += [u[:, :k].reshape(-1).cpu().numpy(), s[:k].cpu().numpy(),
@@ -106,7 +113,7 @@ def encode(
         mat = mats[i] if mats[i] is not None else f.dense()
         chunks.append(mat.reshape(-1).cpu().numpy())
     body = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
-    body = body.astype(np.float32, copy=False)
+    body = body.astype(dtype, copy=False)
     return Encoded(ranks, body)
 
 
@@ -122,7 +129,8 @@ def decode(
     need = payload_floats(enc.ranks, specs)
     if enc.body.size != need:
         raise ValueError(f"payload holds {enc.body.size} floats, ranks require {need}")
-    body = torch.from_numpy(np.ascontiguousarray(enc.body)).to(device)
+    body = torch.from_numpy(np.ascontiguousarray(enc.body).astype(np.float32, copy=False))
+    body = body.to(device)
     out: list[torch.Tensor] = []
     pos = 0
     for k, spec in zip(enc.ranks.tolist(), specs, strict=True):

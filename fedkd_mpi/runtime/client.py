@@ -33,6 +33,10 @@ class Client:
     #: variates, warm starts): tensors only, checkpointed generically
     state: dict[str, torch.Tensor] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # lets codecs key their randomness by (seed, round, client) without the runtime
+        self.state.setdefault("client_id", torch.tensor(self.cid, dtype=torch.int64))
+
 
 def make_optimizer(params: list[nn.Parameter], kind: str, lr: float) -> torch.optim.Optimizer:
     if kind == "sgd":

@@ -202,7 +202,8 @@ def _client(ctx: Context, fed: FederatedData) -> None:
             buf = ctx.transport.broadcast(None)
             tv["comm_s"] = time.perf_counter() - t
             t = time.perf_counter()
-            update = alg.client_decode(unpack(buf, alg.wire_specs).encoded, ctx.device)
+            update = alg.client_decode(unpack(buf, alg.wire_specs, alg.wire_body_nbytes(),
+                                           alg.wire_dtype).encoded, ctx.device)
             alg.apply_update(ctx.params, theta0, update, [cl.state for cl in clients])
             tv["decode_s"] = time.perf_counter() - t
             t = time.perf_counter()
@@ -264,7 +265,8 @@ def _server_loop(ctx: Context, fed: FederatedData, writer: RunWriter) -> list[di
         if ctx.shared is not None:
             msgs, st = ctx.transport.gather_messages([])
             t = time.perf_counter()
-            parsed = [unpack(buf, alg.wire_specs) for buf in msgs]
+            parsed = [unpack(buf, alg.wire_specs, alg.wire_body_nbytes(), alg.wire_dtype)
+                      for buf in msgs]
             for cid, msg in enumerate(parsed):
                 if msg.client_id != cid or msg.round != rnd:
                     raise RuntimeError(f"message from client {msg.client_id} round "
