@@ -7,6 +7,7 @@ business, entertainment, politics, sports, tech. Read by path; the package is ne
 from __future__ import annotations
 
 import importlib.util
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ def data_dir() -> Path:
     return path
 
 
+@lru_cache(maxsize=1)
 def load() -> Corpus:
     """Every article, topics in alphabetical order, files in name order; groups = topic."""
     root = data_dir()

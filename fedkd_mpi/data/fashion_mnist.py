@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import os
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,7 @@ def _idx(path: Path, magic: int) -> np.ndarray:
     return data.reshape(shape)
 
 
+@lru_cache(maxsize=1)
 def load() -> ImageCorpus:
     root = data_dir()
     imgs, labs = [], []

@@ -6,6 +6,7 @@ import bz2
 import csv
 import importlib.util
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,7 @@ def corpus_path() -> Path:
     return path
 
 
+@lru_cache(maxsize=1)
 def load() -> Corpus:
     """All 12,808 labelled snippets, in file order; ``plot`` rows are dropped."""
     texts, labels, groups = [], [], []

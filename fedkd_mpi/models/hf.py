@@ -94,9 +94,20 @@ def tokenizer_file(name: str) -> Path:
     return path
 
 
+def pooling_mode(name: str) -> str:
+    """``mean`` (masked token mean) or ``cls``: the sentence-transformers pooling the checkpoint
+    was trained with (``1_Pooling/config.json``); ``mean`` when the folder does not say."""
+    try:
+        conf = json.loads((resolve(name) / "1_Pooling" / "config.json").read_text())
+    except (OSError, ValueError):
+        return "mean"
+    return "cls" if conf.get("pooling_mode_cls_token") else "mean"
+
+
 class HFEncoder(nn.Module):
     """A pretrained encoder truncated to ``layers`` layers + dropout + linear classifier on the
-    pooled output. ``forward(ids)`` returns the project's :class:`EncoderOutput`."""
+    pooled output (the checkpoint's own sentence pooling, :func:`pooling_mode`; MiniLM: masked
+    mean). ``forward(ids)`` returns the project's :class:`EncoderOutput`."""
 
     def __init__(self, name: str, layers: int, num_classes: int) -> None:
         super().__init__()
@@ -108,7 +119,11 @@ class HFEncoder(nn.Module):
         path = resolve(name)
         conf = AutoConfig.from_pretrained(path, num_hidden_layers=layers,
                                           attn_implementation="eager")
-        self.encoder = AutoModel.from_pretrained(path, config=conf, attn_implementation="eager")
+        try:  # no BERT pooler: it would be an untrained, never-updated (but sent) matrix
+            self.encoder = AutoModel.from_pretrained(path, config=conf, add_pooling_layer=False)
+        except TypeError:
+            self.encoder = AutoModel.from_pretrained(path, config=conf)
+        self.pooling = pooling_mode(name)
         self.pad_id = int(conf.pad_token_id or 0)
         self.drop = nn.Dropout(float(getattr(conf, "hidden_dropout_prob", 0.1)))
         self.classifier = nn.Linear(conf.hidden_size, num_classes)
@@ -124,9 +139,12 @@ class HFEncoder(nn.Module):
         ids, mask = ids[:, :n], mask[:, :n]
         out = self.encoder(input_ids=ids, attention_mask=mask.long(), output_hidden_states=True,
                            output_attentions=True, return_dict=True)
-        pooled = out.pooler_output
-        if pooled is None:  # encoders without a pooler: the first token's last hidden state
-            pooled = out.last_hidden_state[:, 0]
+        last = out.last_hidden_state
+        if self.pooling == "cls":
+            pooled = last[:, 0]
+        else:
+            keep = mask.unsqueeze(-1).to(last.dtype)
+            pooled = (last * keep).sum(1) / keep.sum(1).clamp_min(1.0)
         return EncoderOutput(self.classifier(self.drop(pooled)), list(out.hidden_states[1:]),
                              list(out.attentions))
 

@@ -1,0 +1,145 @@
+"""Table 1 analogue on the sentiment task: run configs/paper/* for several seeds, build the table.
+
+    nohup nice -n 10 .venv/bin/python benchmarks/paper_table.py run --seeds 0 1 2 \
+        > runs/paper/driver.log 2>&1 &
+    .venv/bin/python benchmarks/paper_table.py table          # markdown to stdout
+
+``run`` is resumable: a run whose HDF5 file has status ``completed`` is skipped; anything else
+is rerun with --overwrite. Runs go seed by seed (every config for seed 0 first), one at a time,
+each under ``mpiexec`` with OMP_NUM_THREADS=1; logs in runs/paper/<config>_s<seed>.log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+OUT = ROOT / "runs" / "paper"
+
+# key, config, MPI ranks, row label, paper's ADR row (F-score, comm/client, bracket)
+CONFIGS = [
+    ("centralized", "centralized.yaml", 2, "MiniLM-6 (Cen): all data, one client",
+     "UniLM (Cen): F 60.8±0.4, –"),
+    ("local", "local.yaml", 4, "MiniLM-6 (Local): own data only",
+     "UniLM (Local): F 53.9±1.1, –"),
+    ("fedavg_mentor", "fedavg_mentor.yaml", 4, "MiniLM-6 (Fed): FedAvg of the mentor",
+     "UniLM (Fed): F 60.6±0.4, 1.37 GB (1.0×)"),
+    ("fedavg_mentee", "fedavg_mentee.yaml", 4, "MiniLM-2: FedAvg of the 2-layer mentee",
+     "UniLM_2: F 56.3±0.6, 0.24 GB (5.7×)"),
+    ("fedkd3", "fedkd3.yaml", 4, "FedKD_3: 6-layer mentor, 3-layer mentee",
+     "FedKD_4: F 60.7±0.5, 0.12 GB (11.4×)"),
+    ("fedkd2", "fedkd2.yaml", 4, "FedKD_2: 6-layer mentor, 2-layer mentee",
+     "FedKD_2: F 59.8±0.6, 0.07 GB (19.6×)"),
+]
+
+
+def h5_path(key: str, seed: int) -> Path:
+    return OUT / f"{key}_s{seed}.h5"
+
+
+def completed(path: Path) -> bool:
+    try:
+        with h5py.File(path, "r") as f:
+            return f.attrs.get("status") == "completed"
+    except OSError:
+        return False
+
+
+def command(key: str, seed: int, extra: list[str]) -> list[str]:
+    cfg = next(c for c in CONFIGS if c[0] == key)
+    return [str(BIN / "mpiexec"), "-n", str(cfg[2]), str(BIN / "fedkd-mpi"), "run",
+            f"configs/paper/{cfg[1]}", f"seed={seed}", f"output={h5_path(key, seed)}",
+            *extra, "--overwrite"]
+
+
+def run_all(seeds: list[int], keys: list[str], extra: list[str]) -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for seed in seeds:
+        for key in keys:
+            out = h5_path(key, seed)
+            if completed(out):
+                print(f"skip {out.name} (completed)", flush=True)
+                continue
+            cmd = command(key, seed, extra)
+            print(f"{time.strftime('%H:%M:%S')} start {' '.join(cmd)}", flush=True)
+            t = time.time()
+            with open(OUT / f"{key}_s{seed}.log", "w") as log:
+                rc = subprocess.call(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+            print(f"{time.strftime('%H:%M:%S')} done {out.name} rc={rc} "
+                  f"{time.time() - t:.0f}s", flush=True)
+
+
+def summarise(path: Path) -> dict[str, float]:
+    """Last-round means over clients and MB (up + down) per client over the whole run."""
+    with h5py.File(path, "r") as f:
+        r = {k: f[f"rounds/{k}"][:] for k in f["rounds"]}
+        up, down = f["clients/bytes_up"][:], f["clients/bytes_down"][:]
+        out = {k: float(v[-1]) for k, v in r.items()
+               if k.startswith(("mentor_", "mentee_")) and not k.endswith("_loss")}
+        out["mb_per_client"] = float((up.sum(0) + down.sum(0)).mean() / 1e6)
+        out["wall_s"] = float(r["wall_time_s"].sum())
+        out["dense_mentor_mb"] = float(f.attrs["dense_bytes_mentor"]) / 1e6
+    return out
+
+
+def _ms(vals: list[float], scale: float = 100.0) -> str:
+    v = np.asarray(vals, float) * scale
+    if len(v) == 0 or np.isnan(v).all():
+        return "–"
+    return f"{np.nanmean(v):.1f} ± {np.nanstd(v, ddof=1) if len(v) > 1 else 0.0:.1f}"
+
+
+def table(seeds: list[int]) -> str:
+    res = {key: [summarise(h5_path(key, s)) for s in seeds if completed(h5_path(key, s))]
+           for key, *_ in CONFIGS}
+    base = res.get("fedavg_mentor") or []
+    base_mb = np.mean([x["mb_per_client"] for x in base]) if base else np.nan
+    lines = [
+        "| method (this harness) | seeds | mentor F1 | mentor acc | mentee F1 | mentee acc "
+        "| MB/client (up+down) | reduction vs mentor FedAvg | wall s/run | paper Table 1, ADR |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key, _, _, label, paper in CONFIGS:
+        rs = res[key]
+        if not rs:
+            lines.append(f"| {label} | 0 | – | – | – | – | – | – | – | {paper} |")
+            continue
+        mb = np.mean([x["mb_per_client"] for x in rs])
+        red = "–" if mb == 0 or np.isnan(base_mb) else f"{base_mb / mb:.1f}×"
+        mb_txt = "0 (nothing sent)" if mb == 0 else f"{mb:.1f}"
+        lines.append(
+            f"| {label} | {len(rs)} | {_ms([x.get('mentor_f1', np.nan) for x in rs])} "
+            f"| {_ms([x.get('mentor_accuracy', np.nan) for x in rs])} "
+            f"| {_ms([x.get('mentee_f1', np.nan) for x in rs])} "
+            f"| {_ms([x.get('mentee_accuracy', np.nan) for x in rs])} | {mb_txt} | {red} "
+            f"| {np.mean([x['wall_s'] for x in rs]):.0f} | {paper} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    r.add_argument("--only", nargs="+", default=[c[0] for c in CONFIGS])
+    r.add_argument("overrides", nargs="*", help="key=value for every run")
+    t = sub.add_parser("table")
+    t.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    a = ap.parse_args()
+    if a.cmd == "run":
+        run_all(a.seeds, a.only, a.overrides)
+    print(table(a.seeds))
+
+
+if __name__ == "__main__":
+    main()
