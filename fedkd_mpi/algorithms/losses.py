@@ -81,13 +81,14 @@ def _paper(out_t, out_s, ce_t, ce_s, pairs, wh, sw):
         kl_t = F.kl_div(lt_t, ls_t.detach(), reduction="batchmean", log_target=True)
         kl_s = F.kl_div(ls_t, lt_t.detach(), reduction="batchmean", log_target=True)
     hid_t = hid_s = att_t = att_s = zero
+    has_att = bool(out_t.attentions) and bool(out_s.attentions)  # CNNs have none
     for k, m in pairs:
         if sw.hidden:
             hs = _project(wh, k, out_s.hidden_states[k])
             ht = out_t.hidden_states[m]
             hid_t = hid_t + F.mse_loss(ht, hs.detach())
             hid_s = hid_s + F.mse_loss(hs, ht.detach())
-        if sw.attention:
+        if sw.attention and has_att:
             at, as_ = out_t.attentions[m], out_s.attentions[k]
             att_t = att_t + F.mse_loss(at, as_.detach())
             att_s = att_s + F.mse_loss(as_, at.detach())
@@ -118,7 +119,7 @@ def _reference(out_t, out_s, ce_t, ce_s, pairs, wh, sw):
         if sw.hidden:
             mse = mse + F.mse_loss(_project(wh, k, out_s.hidden_states[k]),
                                    ht_of(out_t.hidden_states[m]))
-        if sw.attention:
+        if sw.attention and out_t.attentions and out_s.attentions:
             mse = mse + F.mse_loss(ht_of(out_t.attentions[m]), out_s.attentions[k])
     s = ce_t + ce_s if sw.mentor_distill else ce_t.detach() + ce_s
     denom = s if sw.adaptive else ce_t.new_ones(())
