@@ -18,7 +18,7 @@ __all__ = ["SUPPORTED_VERSIONS", "Run", "RunFileError", "RunSummary", "config_ge
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        from fedkd_mpi.analysis import load as _load_module
+        import importlib
 
-        return getattr(_load_module, name)
+        return getattr(importlib.import_module("fedkd_mpi.analysis.reader"), name)
     raise AttributeError(f"module 'fedkd_mpi.analysis' has no attribute {name!r}")

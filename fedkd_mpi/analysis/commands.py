@@ -51,7 +51,7 @@ def _default_out(run: str, suffix: str) -> Path:
 
 
 def main(args: argparse.Namespace) -> int:
-    from fedkd_mpi.analysis.load import RunFileError
+    from fedkd_mpi.analysis.reader import RunFileError
 
     try:
         return _dispatch(args)
@@ -62,7 +62,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from fedkd_mpi.analysis.load import load
+    from fedkd_mpi.analysis.reader import load
 
     if args.command == "report":
         from fedkd_mpi.analysis import report

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from fedkd_mpi.analysis import plots
-from fedkd_mpi.analysis.load import MODELS, Run, config_get
+from fedkd_mpi.analysis.reader import MODELS, Run, config_get
 
 IGNORED_KEYS = {"seed", "output"}
 
@@ -134,9 +134,9 @@ def fold(per_run: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def _pm(mean: float, std: float, n: int, total: int, digits: int) -> str:
+def _pm(mean: float, std: float, n: int, total: int, digits: int, missing: str = "–") -> str:
     if not math.isfinite(mean):
-        return "–"
+        return missing if missing == "–" else f"{missing} (0/{total})"
     txt = f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if math.isfinite(std) else "")
     return txt + (f" ({n}/{total})" if n != total else "")
 
@@ -145,16 +145,17 @@ def markdown(folded: pd.DataFrame, key: str, metric: str, target: float | None,
              target_label: str) -> str:
     headers = [key, "n", f"final mentor {metric}", f"final mentee {metric}",
                "MB / client (up+down)", "reduction × vs mentor FedAvg"]
-    cols = [("final_mentor", 4), ("final_mentee", 4), ("mb_per_client", 4),
-            ("reduction_vs_mentor_fedavg", 1)]
+    cols = [("final_mentor", 4, "–"), ("final_mentee", 4, "–"), ("mb_per_client", 4, "–"),
+            ("reduction_vs_mentor_fedavg", 1, "–")]
     if target is not None:
         headers.append(f"MB / client to {target_label} ≥ {target:g}")
-        cols.append(("mb_to_target", 4))
+        cols.append(("mb_to_target", 4, "not reached"))
     rows = []
     for _, r in folded.iterrows():
         total = int(r["n"])
         rows.append([r["group"], total] + [
-            _pm(r[f"{c}_mean"], r[f"{c}_std"], int(r[f"{c}_n"]), total, d) for c, d in cols])
+            _pm(r[f"{c}_mean"], r[f"{c}_std"], int(r[f"{c}_n"]), total, d, miss)
+            for c, d, miss in cols])
     table = pd.DataFrame(rows, columns=headers)
     return table.to_markdown(index=False, disable_numparse=True)
 
@@ -203,7 +204,7 @@ def compare(runs: list[Run], key: str = "algorithm", metric: str | None = None,
     per_run = per_run_table(runs, key, spec, target)
     folded = fold(per_run)
     name = spec.name or runs[0].summary.metric_name
-    target_label = (f"{spec.model or 'own-model'} {name}")
+    target_label = f"{spec.model} {name}" if spec.model else f"{name} (mentor, else mentee)"
     md = markdown(folded, key, name, target, target_label)
     notes = []
     for g in folded["group"]:
@@ -221,9 +222,9 @@ def compare(runs: list[Run], key: str = "algorithm", metric: str | None = None,
             notes.append(f"note: group {key}={g} has runs of {sorted(rounds)} rounds; the curve "
                          f"stops at {min(rounds)}")
     if target is not None:
-        notes.append(f"MB to target: cumulative MB per client at the first round where the run's "
-                     f"{target_label} reaches {target:g} (own-model: mentor where the run has "
-                     "one, else mentee); (k/n): only k of n runs reached it")
+        notes.append(f"MB to target: cumulative MB per client at the first round where the "
+                     f"run's {target_label} reaches {target:g}; (k/n): only k of n runs reached "
+                     "it, the mean is over those")
     notes.append("mean ± sample std (ddof=1) over the runs of each group; (k/n): value present "
                  "in k of n runs; –: no such model")
     text = md + "\n\n" + "\n".join(notes)
@@ -240,7 +241,7 @@ def compare(runs: list[Run], key: str = "algorithm", metric: str | None = None,
 
 def main_compare(paths: list[str], key: str, metric: str | None, target: float | None,
                  out: Path | None, fmt_: str) -> str:
-    from fedkd_mpi.analysis.load import load
+    from fedkd_mpi.analysis.reader import load
 
     runs = [load(p) for p in paths]
     text, _, _, written = compare(runs, key, metric, target, out, fmt_)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fedkd_mpi.analysis.load import Run
+from fedkd_mpi.analysis.reader import Run
 
 
 def summary_table(run: Run) -> pd.DataFrame:

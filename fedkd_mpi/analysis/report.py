@@ -10,7 +10,7 @@ import numpy as np
 from tabulate import tabulate
 
 from fedkd_mpi.analysis import plots
-from fedkd_mpi.analysis.load import MODELS, PHASE_LABELS, PHASES, Run, config_get
+from fedkd_mpi.analysis.reader import MODELS, PHASE_LABELS, PHASES, Run, config_get
 
 
 def fmt(x: float, digits: int = 4) -> str:
@@ -190,8 +190,7 @@ def fig_rank_heatmap(run: Run, out: Path, fmt_: str) -> Path | None:
     ax_t.grid(alpha=0.3)
     ax_t.set_title(f"{_title(run)}\nserver broadcast rank K per layer "
                    "(text: K; colour: K / full rank)", fontsize=10)
-    cmap = plots.plt.get_cmap("viridis").copy()
-    cmap.set_bad("lightgrey")
+    cmap = plots.plt.get_cmap("viridis").with_extremes(bad="lightgrey")
     im = ax.imshow(np.ma.masked_invalid(share), aspect="auto", cmap=cmap, vmin=0, vmax=1,
                    extent=(rounds[0] - 0.5, rounds[-1] + 0.5, nl - 0.5, -0.5),
                    interpolation="nearest")
