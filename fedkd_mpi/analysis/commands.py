@@ -22,6 +22,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="figure folder (default: RUN without .h5 + '_report')")
     s.add_argument("--format", choices=("png", "pdf"), default="png", dest="fmt")
     s.add_argument("--no-figures", action="store_true", help="terminal summary only")
+    s.add_argument("--watch", type=float, default=0.0, metavar="SECONDS",
+                   help="live view: redo the summary and figures every SECONDS while the run "
+                        "is in progress (stops when it ends or looks killed)")
 
     s = sub.add_parser("compare", help="runs grouped by a config key, seeds folded into "
                        "mean ± std (Table 1 shape), overlaid metric-vs-MB curves")
@@ -61,20 +64,33 @@ def main(args: argparse.Namespace) -> int:
         return 2
 
 
-def _dispatch(args: argparse.Namespace) -> int:
+def _report(args: argparse.Namespace) -> int:
+    import time
+
+    from fedkd_mpi.analysis import report
     from fedkd_mpi.analysis.reader import load
 
-    if args.command == "report":
-        from fedkd_mpi.analysis import report
-
+    while True:
         run = load(args.run)
+        if args.watch:
+            print(f"=== {time.strftime('%H:%M:%S')}  {run.summary.rounds_completed} rounds")
         print(report.text(run))
         if not args.no_figures:
             out = args.out or _default_out(args.run, "_report")
             paths = report.figures(run, out, args.fmt)
             print(f"\nfigures ({len(paths)}) in {out}: " + ", ".join(p.name for p in paths)
-                  if paths else "\nno figures (no completed round)")
-        return 0
+                  if paths else "\nno figures (no completed round)", flush=True)
+        live = run.summary.status == "running" and "still running" in run.summary.status_note
+        if not args.watch or not live:
+            return 0
+        time.sleep(args.watch)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from fedkd_mpi.analysis.reader import load
+
+    if args.command == "report":
+        return _report(args)
     if args.command == "compare":
         from fedkd_mpi.analysis.compare import main_compare
 
