@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
-import traceback
 
 from fedkd_mpi import __version__
 from fedkd_mpi.analysis import commands as analysis_commands
@@ -68,11 +66,7 @@ def _run(args: argparse.Namespace) -> int:
     except BaseException as exc:
         if isinstance(exc, SystemExit) and exc.code in (0, None):
             raise
-        # One write, then a pause: MPICH's stdio forwarding can drop output that is still in
-        # flight when MPI_Abort tears the job down.
-        sys.stderr.write(f"fedkd-mpi: rank {comm.Get_rank()} failed:\n"
-                         + "".join(traceback.format_exception(exc)))
-        sys.stderr.flush()
-        time.sleep(1.0)
-        comm.Abort(1)
-        return 1
+        from fedkd_mpi.runtime.faults import abort_job
+
+        # traceback in one write, a pause, rank 0 told (it marks the file failed), MPI_Abort
+        abort_job(comm, exc)

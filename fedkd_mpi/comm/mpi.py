@@ -3,6 +3,12 @@
 Every wait goes through :func:`wait`, which sleep-polls a non-blocking request instead of
 spinning inside MPI (on oversubscribed CPUs a spinning waiter steals cycles from the ranks
 that are training). ``poll_s = 0`` blocks in MPI instead.
+
+Fault channel: a client rank that fails sends rank 0 a short UTF-8 note on
+:data:`FAULT_TAG` (:func:`report_fault`) before it aborts. On rank 0 (once
+:func:`watch_faults` ran, which :class:`Transport` does) every :func:`wait` also probes that
+tag and raises :class:`RemoteFault`, so rank 0 can mark the run file failed before it calls
+``MPI_Abort``. With a watch installed, ``poll_s = 0`` polls instead of blocking in ``Wait``.
 """
 
 from __future__ import annotations
@@ -13,14 +19,74 @@ from dataclasses import dataclass
 import numpy as np
 from mpi4py import MPI
 
+FAULT_TAG = 0x7FA  # point-to-point tag of fault notes (collectives never use tags)
+FAULT_NOTE_MAX = 4096  # bytes of a fault note kept
+
+
+class RemoteFault(RuntimeError):
+    """Another rank reported a failure (raised on rank 0 inside :func:`wait`)."""
+
+    def __init__(self, rank: int, note: str) -> None:
+        super().__init__(f"rank {rank} failed: {note}")
+        self.rank = rank
+        self.note = note
+
+
+class _FaultWatch:
+    def __init__(self, comm: MPI.Intracomm) -> None:
+        self.comm = comm
+        self.status = MPI.Status()
+
+    def check(self) -> None:
+        if not self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=FAULT_TAG, status=self.status):
+            return
+        src, n = self.status.Get_source(), self.status.Get_count(MPI.BYTE)
+        buf = np.empty(n, np.uint8)
+        self.comm.Recv([buf, MPI.BYTE], source=src, tag=FAULT_TAG)
+        raise RemoteFault(src, buf.tobytes().decode("utf-8", "replace"))
+
+
+_watch: _FaultWatch | None = None
+
+
+def watch_faults(comm: MPI.Intracomm) -> None:
+    """From now on, :func:`wait` on this rank raises :class:`RemoteFault` on a fault note."""
+    global _watch
+    _watch = _FaultWatch(comm)
+
+
+def check_faults() -> None:
+    """Raise :class:`RemoteFault` if a fault note is waiting (no-op without a watch)."""
+    if _watch is not None:
+        _watch.check()
+
+
+def report_fault(comm: MPI.Intracomm, note: str, timeout_s: float = 2.0) -> bool:
+    """Send rank 0 a fault note (from a failing rank != 0); True when it was delivered
+    (or buffered) within ``timeout_s``. Never raises."""
+    try:
+        data = np.frombuffer(note.encode("utf-8", "replace")[:FAULT_NOTE_MAX], np.uint8).copy()
+        req = comm.Isend([data, MPI.BYTE], dest=0, tag=FAULT_TAG)
+        end = time.monotonic() + timeout_s
+        while not req.Test():
+            if time.monotonic() > end:
+                return False
+            time.sleep(0.01)
+        return True
+    except Exception:  # best effort on a rank that is going down anyway
+        return False
+
 
 def wait(req: MPI.Request, poll_s: float) -> None:
     """Complete ``req``; sleep ``poll_s`` between tests (0: block in ``Wait``)."""
-    if poll_s <= 0:
+    watch = _watch  # rank 0: also probe for fault notes from failing ranks
+    if poll_s <= 0 and watch is None:
         req.Wait()
         return
     while not req.Test():
-        time.sleep(poll_s)
+        if watch is not None:
+            watch.check()
+        time.sleep(max(poll_s, 0.0))
 
 
 def _displs(counts: np.ndarray) -> np.ndarray:
@@ -41,6 +107,8 @@ class Transport:
         self.rank = comm.Get_rank()
         self.counts = np.asarray(clients_per_rank, dtype=np.int64)
         self.poll_s = poll_s
+        if self.rank == 0:
+            watch_faults(comm)
 
     # -- update messages ------------------------------------------------------------------
     def gather_messages(self, msgs: list[np.ndarray]) -> tuple[list[np.ndarray], GatherStats]:

@@ -76,7 +76,7 @@ def local_train(alg: Algorithm, client: Client, shared: nn.Module | None, cfg: C
         total, parts = alg.loss(out_p, out_s, y, client.proj)
         if not torch.isfinite(total):
             raise NonFiniteError(f"client {client.cid}, round {rnd + 1}, step {step}: "
-                                 f"non-finite training loss {float(total)}")
+                                 f"non-finite training loss {float(total.detach())}")
         for opt in (client.opt_private, client.opt_shared):
             if opt is not None:
                 opt.zero_grad(set_to_none=True)
