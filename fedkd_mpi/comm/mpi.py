@@ -78,19 +78,44 @@ def report_fault(comm: MPI.Intracomm, note: str, timeout_s: float = 2.0) -> bool
 
 
 def wait(req: MPI.Request, poll_s: float) -> None:
-    """Complete ``req``; sleep ``poll_s`` between tests (0: block in ``Wait``)."""
+    """Complete ``req``; sleep between tests (0: block in ``Wait``).
+
+    The sleep starts at 20 us and doubles up to ``poll_s``: a collective that completes in
+    microseconds (the payload once every rank is ready) is not delayed by a whole poll
+    interval, while a long wait (ranks still training) still costs only ~1/poll_s wakeups/s.
+    """
     watch = _watch  # rank 0: also probe for fault notes from failing ranks
     if poll_s <= 0 and watch is None:
         req.Wait()
         return
+    nap = min(poll_s, 2e-5)
     while not req.Test():
         if watch is not None:
             watch.check()
-        time.sleep(max(poll_s, 0.0))
+        time.sleep(nap)
+        nap = min(poll_s, 2.0 * nap)
 
 
 def _displs(counts: np.ndarray) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+
+
+def _gather_view(msgs: list[np.ndarray]) -> tuple[object, MPI.Datatype | None]:
+    """The send buffer of all of a rank's messages, without copying them together.
+
+    One message (the usual case) is sent as is; several go as one MPI hindexed datatype over
+    their addresses (absolute, from ``MPI.BOTTOM``), so MPI reads them in place. The caller
+    frees the returned datatype after the collective.
+    """
+    if not msgs:
+        return np.zeros(0, np.uint8), None
+    if len(msgs) == 1:
+        return np.ascontiguousarray(msgs[0], dtype=np.uint8), None
+    if not all(m.dtype == np.uint8 and m.flags.c_contiguous for m in msgs):
+        return np.concatenate([np.asarray(m, np.uint8).reshape(-1) for m in msgs]), None
+    dt = MPI.BYTE.Create_hindexed([m.size for m in msgs],
+                                  [MPI.Get_address(m) for m in msgs]).Commit()
+    return [MPI.BOTTOM, 1, dt], dt
 
 
 @dataclass
@@ -124,7 +149,7 @@ class Transport:
         wait(self.comm.Igatherv(sizes, [all_sizes, (self.counts, _displs(self.counts)),
                                         MPI.INT64_T] if root else None), self.poll_s)
         t1 = time.perf_counter()
-        send = np.concatenate(msgs) if msgs else np.zeros(0, np.uint8)
+        send, dtype = _gather_view(msgs)
         if root:
             per_rank = np.asarray([s.sum() for s in np.split(all_sizes,
                                    np.cumsum(self.counts)[:-1])], dtype=np.int64)
@@ -132,7 +157,11 @@ class Transport:
             spec = [recv, (per_rank, _displs(per_rank)), MPI.BYTE]
         else:
             spec = None
-        wait(self.comm.Igatherv(send, spec), self.poll_s)
+        try:
+            wait(self.comm.Igatherv(send, spec), self.poll_s)
+        finally:
+            if dtype is not None:
+                dtype.Free()
         t2 = time.perf_counter()
         out = np.split(recv, np.cumsum(all_sizes)[:-1]) if root else []
         return out, GatherStats(t1 - t0, t2 - t1)
