@@ -6,8 +6,9 @@ before anything is written). Any other failure raises; the CLI turns it into ``M
 
 from __future__ import annotations
 
-import os
 import sys
+import tempfile
+import zipfile
 from pathlib import Path
 
 import torch
@@ -17,8 +18,20 @@ from fedkd_mpi.comm.mpi import bcast_bytes, gather_text
 from fedkd_mpi.config import Config, ConfigError, config_from_yaml_text, load_config
 from fedkd_mpi.data import load_federated
 from fedkd_mpi.data.rotten_tomatoes import DataError
-from fedkd_mpi.runtime.devices import select_device
-from fedkd_mpi.runtime.run import client_ids_of, clients_per_rank, fedkd_attrs, run
+from fedkd_mpi.runtime.checkpoint import (
+    check_resumable,
+    checkpoint_dir,
+    client_file,
+    read_manifest,
+)
+from fedkd_mpi.runtime.devices import node_info, select_device
+from fedkd_mpi.runtime.run import (
+    client_ids_of,
+    clients_per_rank,
+    fedkd_attrs,
+    memory_budget_error,
+    run,
+)
 
 
 def static_checks(cfg: Config, world_size: int, overwrite: bool) -> None:
@@ -48,10 +61,43 @@ def check_output(output: str, overwrite: bool) -> None:
         )
     parent = out.parent if str(out.parent) else Path(".")
     probe = parent
-    while not probe.exists():
+    while not probe.exists() and probe != probe.parent:
         probe = probe.parent
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ConfigError(f"config error: 'output' directory {probe} is not writable")
+    if not probe.is_dir():
+        raise ConfigError(f"config error: 'output' ({output}): {probe} is not a directory")
+    try:  # a real probe: permissions, read-only mounts, root squash, quota
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".fedkd_mpi-probe-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"config error: 'output' directory {probe} is not writable "
+                          f"({exc.strerror or exc})") from None
+
+
+def checkpoint_files_error(cfg: Config, rank: int, cids: list[int]) -> str:
+    """``--resume``, every rank: '' when the checkpoint files this rank will read exist and are
+    intact (zip CRCs of the torch.save archives), else a one-line error."""
+    root = checkpoint_dir(cfg)
+    man = read_manifest(root)
+    if man is None:
+        return f"resume error: no complete checkpoint in {root}"
+    d = root / str(man.get("dir", "?"))
+    files = [d / "server.pt"] if rank == 0 else [client_file(d, c) for c in cids]
+    rank_file = d / f"rank_{rank:04d}.pt"
+    if rank_file.exists():
+        files.append(rank_file)
+    for f in files:
+        if not f.is_file():
+            return (f"resume error: checkpoint file {f} is missing; the checkpoint in {root} is "
+                    "incomplete (start a new run, or restore the file)")
+        try:
+            with zipfile.ZipFile(f) as z:
+                bad = z.testzip()
+        except (OSError, zipfile.BadZipFile, EOFError, ValueError) as exc:
+            bad = str(exc) or type(exc).__name__
+        if bad:
+            return (f"resume error: checkpoint file {f} is corrupt ({bad}); restore it or start "
+                    "a new run")
+    return ""
 
 
 def _verdict(comm: MPI.Intracomm, error: str) -> bool:
@@ -66,8 +112,9 @@ def _verdict(comm: MPI.Intracomm, error: str) -> bool:
 
 
 def launch(config_path: str | None, overrides: list[str], overwrite: bool,
-           comm: MPI.Intracomm | None = None) -> int:
-    """Validate, set up and run one job on ``comm`` (default COMM_WORLD)."""
+           comm: MPI.Intracomm | None = None, resume: bool = False) -> int:
+    """Validate, set up and run one job on ``comm`` (default COMM_WORLD); ``resume``
+    continues the output file from its last checkpoint."""
     comm = comm or MPI.COMM_WORLD
     rank = comm.Get_rank()
     cfg: Config | None = None
@@ -75,7 +122,9 @@ def launch(config_path: str | None, overrides: list[str], overwrite: bool,
     if rank == 0:
         try:
             cfg = load_config(config_path, overrides)
-            static_checks(cfg, comm.Get_size(), overwrite)
+            static_checks(cfg, comm.Get_size(), overwrite or resume)
+            if resume:
+                check_resumable(cfg, comm.Get_size())
         except ConfigError as exc:
             error = str(exc)
     payload = ("E" + error) if error else ("O" + (cfg.to_yaml() if cfg else ""))
@@ -87,6 +136,7 @@ def launch(config_path: str | None, overrides: list[str], overwrite: bool,
     cfg = config_from_yaml_text(text[1:])
     torch.set_num_threads(cfg.runtime.torch_threads)
     device, error = select_device(cfg.runtime, comm)
+    node = node_info(comm)
     fed = None
     if not error:
         counts = clients_per_rank(cfg.data.num_clients, comm.Get_size())
@@ -94,6 +144,10 @@ def launch(config_path: str | None, overrides: list[str], overwrite: bool,
             fed = load_federated(cfg.data, cfg.seed, client_ids_of(rank, counts))
         except DataError as exc:
             error = str(exc)
+    if not error and rank > 0:  # runtime.resident_clients fits this rank's memory share
+        error = memory_budget_error(cfg, rank, counts[rank], fed.num_classes, node.node_ranks)
+    if not error and resume:
+        error = checkpoint_files_error(cfg, rank, client_ids_of(rank, counts))
     if not _verdict(comm, error):
         return 2
     devices = gather_text(comm, f"rank {rank} on {MPI.Get_processor_name()}: {device}")
@@ -102,4 +156,4 @@ def launch(config_path: str | None, overrides: list[str], overwrite: bool,
         print(f"fedkd-mpi: {cfg.algorithm}, {cfg.data.num_clients} clients on "
               f"{comm.Get_size() - 1} client ranks, {cfg.train.rounds} rounds -> {cfg.output}",
               flush=True)
-    return run(cfg, comm, device, fed, attrs)
+    return run(cfg, comm, device, fed, attrs, resume=resume)

@@ -14,19 +14,24 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 ROUND_FIELDS = ("round", "energy_threshold", "bytes_up", "bytes_down", "mentor_metric",
                 "mentee_metric", "wall_time_s", "codec_time_s", "comm_time_s",
                 "server_time_s", "train_time_s")
 CLIENT_FIELDS = ("bytes_up", "bytes_down", "mentor_metric", "mentee_metric",
                  "mentor_train_loss", "mentee_train_loss", "num_samples", "train_time_s",
-                 "encode_time_s")
+                 "encode_time_s", "participated", "skipped")
 TIMING_PHASES = ("train_s", "encode_s", "comm_s", "aggregate_s", "decode_s", "eval_s")
-_INT_FIELDS = {"round", "bytes_up", "bytes_down", "num_samples"}
+_INT_FIELDS = {"round", "bytes_up", "bytes_down", "num_samples", "participated"}
+
+
+_INT8_FIELDS = {"skipped"}  # 1 = the client's update was dropped (runtime.nonfinite=skip)
 
 
 def _dtype(name: str) -> type:
+    if name in _INT8_FIELDS:
+        return np.int8
     return np.int64 if name in _INT_FIELDS else np.float64
 
 
@@ -34,7 +39,12 @@ class RunWriter:
     """Creates the run file and appends one row per completed round."""
 
     def __init__(self, path: str | Path, attrs: Mapping[str, object], num_clients: int,
-                 world_size: int, layer_names: list[str], layer_shapes: np.ndarray) -> None:
+                 world_size: int, layer_names: list[str], layer_shapes: np.ndarray,
+                 static: Mapping[str, np.ndarray] | None = None,
+                 extra_fields: tuple[str, ...] = ()) -> None:
+        """``static``: extra fixed datasets by path (e.g. ``partition/label_hist``).
+        ``extra_fields``: more float64 ``rounds/<name>`` and ``clients/<name>`` datasets
+        (secondary metrics such as ``mentor_f1``), appended like the fixed ones."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         n, w, nl = num_clients, world_size, len(layer_names)
@@ -66,9 +76,62 @@ class RunWriter:
                          chunks=(4, n, max(nl, 1)))
         f.create_dataset("layers/rank_down", (0, nl), maxshape=(None, None), dtype=np.int64,
                          chunks=(16, max(nl, 1)))
+        for name in extra_fields:
+            f.create_dataset(f"rounds/{name}", (0,), maxshape=(None,), dtype=np.float64,
+                             chunks=(256,))
+            f.create_dataset(f"clients/{name}", (0, n), maxshape=(None, n), dtype=np.float64,
+                             chunks=(16, n))
+        for name, value in (static or {}).items():
+            f.create_dataset(name, data=np.asarray(value))
         f.swmr_mode = True
         self.f: h5py.File | None = f
         self.rows = 0
+
+    @classmethod
+    def resume(cls, path: str | Path, rows: int,
+               attrs: Mapping[str, object] | None = None) -> RunWriter:
+        """Continue an existing run file after its first ``rows`` rounds (checkpoint resume).
+
+        The file (possibly left by a killed SWMR writer, which HDF5 refuses to reopen for
+        writing) is copied into a fresh file with every per-round dataset (unlimited first
+        axis) truncated to ``rows``; ``attrs`` are set, status becomes ``running``, the copy
+        atomically replaces the original and the writer continues in SWMR mode.
+        """
+        path = Path(path)
+        tmp = path.with_name(path.name + ".resume-tmp")
+        with open_live(path) as src, h5py.File(tmp, "w", libver="latest") as dst:
+            for k in src.attrs:
+                dst.attrs.create(k, src.attrs[k], dtype=src.attrs.get_id(k).dtype)
+            for k in src:
+                src.copy(src[k], dst, name=k)
+            short: list[str] = []
+
+            def _truncate(name: str, obj: object) -> None:
+                if isinstance(obj, h5py.Dataset) and obj.maxshape and obj.maxshape[0] is None:
+                    if obj.shape[0] < rows:
+                        short.append(name)
+                    obj.resize(rows, axis=0)
+
+            dst.visititems(_truncate)
+            if short:
+                raise ValueError(f"{path}: datasets {short} have fewer than {rows} rounds")
+            for k, v in (attrs or {}).items():
+                dst.attrs[k] = _attr(v)
+            dst.attrs["status"] = "running"
+        tmp.replace(path)
+        self = cls.__new__(cls)
+        self.path = path
+        f = h5py.File(path, "r+", libver="latest")
+        f.swmr_mode = True
+        self.f = f
+        self.rows = rows
+        return self
+
+    def records(self) -> list[dict[str, float]]:
+        """The ``rounds/`` rows written so far, one dict per round (e.g. after resume)."""
+        assert self.f is not None, "writer closed"
+        cols = {k: self.f[f"rounds/{k}"][: self.rows] for k in self.f["rounds"]}
+        return [{k: v[i].item() for k, v in cols.items()} for i in range(self.rows)]
 
     def append(self, rounds: Mapping[str, float], clients: Mapping[str, np.ndarray],
                timing: Mapping[str, np.ndarray], rss_mb: np.ndarray, rank_up: np.ndarray,
@@ -81,6 +144,11 @@ class RunWriter:
             _put(f[f"rounds/{name}"], i, rounds[name])
         for name in CLIENT_FIELDS:
             _put(f[f"clients/{name}"], i, clients[name])
+        for group, values, fixed in (("rounds", rounds, ROUND_FIELDS),
+                                     ("clients", clients, CLIENT_FIELDS)):
+            for name in values:  # extra_fields (secondary metrics)
+                if name not in fixed and f"{group}/{name}" in f:
+                    _put(f[f"{group}/{name}"], i, values[name])
         for name in TIMING_PHASES:
             _put(f[f"timing/{name}"], i, timing[name])
         _put(f["memory/rss_mb"], i, rss_mb)
