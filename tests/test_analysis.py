@@ -187,8 +187,8 @@ def test_compare_dotted_group_key_and_mixed_note(runs, capsys):
     assert "mixes runs that differ in algorithm" in out
     rc, _, err = _cli(capsys, "compare", *paths, "--group-by", "model.nope")
     assert rc == 2 and "model.nope" in err and len(err.strip().splitlines()) == 1
-    rc, _, err = _cli(capsys, "compare", *paths, "--metric", "f1", "--target", "0.5")
-    assert rc == 2 and "no metric 'f1'" in err
+    rc, _, err = _cli(capsys, "compare", *paths, "--metric", "auroc", "--target", "0.5")
+    assert rc == 2 and "no metric 'auroc'" in err
 
 
 def test_export_csv_and_parquet(runs, tmp_path, capsys):
@@ -224,23 +224,27 @@ def test_export_csv_and_parquet(runs, tmp_path, capsys):
 
 
 def test_version_2_and_extra_metrics_are_discovered(runs, tmp_path, capsys):
-    """format_version 2 loads; secondary metrics listed in metric_names are reported."""
-    path = tmp_path / "v2.h5"
+    """format_version 1 and 2 load; a secondary metric listed in metric_names is reported."""
+    path = tmp_path / "v.h5"
     shutil.copy(runs[("fedkd", 1)], path)
-    with h5py.File(path, "r+") as f:
-        f.attrs["format_version"] = 2
-        f.attrs["metric_names"] = np.array(["accuracy", "macro_f1"], dtype=h5py.string_dtype())
-        f["rounds/mentor_macro_f1"] = np.array([0.25, 0.375])
-        f["rounds/mentee_macro_f1"] = np.array([0.5, 0.625])
-        f["clients/mentor_macro_f1"] = np.zeros((2, 3))
-    run = load(path)
-    assert run.summary.format_version == 2
-    assert run.summary.metric_names == ["accuracy", "macro_f1"]
-    assert run.summary.final["mentee_macro_f1"] == 0.625
-    assert "mentor_macro_f1" in run.clients
+    for version in (1, 2):
+        with h5py.File(path, "r+") as f:
+            f.attrs["format_version"] = version
+            names = [x.decode() if isinstance(x, bytes) else str(x)
+                     for x in np.atleast_1d(f.attrs.get("metric_names", ["accuracy"]))]
+            if "auroc" not in names:
+                f.attrs["metric_names"] = np.array([*names, "auroc"], dtype=h5py.string_dtype())
+                f["rounds/mentor_auroc"] = np.array([0.25, 0.375])
+                f["rounds/mentee_auroc"] = np.array([0.5, 0.625])
+                f["clients/mentor_auroc"] = np.zeros((2, 3))
+        run = load(path)
+        assert run.summary.format_version == version
+        assert run.summary.metric_names[0] == "accuracy" and "auroc" in run.summary.metric_names
+        assert run.summary.final["mentee_auroc"] == 0.625
+        assert "mentor_auroc" in run.clients
     rc, out, _ = _cli(capsys, "report", str(path), "--no-figures")
-    assert rc == 0 and re.search(r"final mentee macro_f1 \(mean over clients\)\s+0\.6250", out)
-    rc, out, _ = _cli(capsys, "compare", str(path), "--metric", "mentee_macro_f1", "--target",
+    assert rc == 0 and re.search(r"final mentee auroc \(mean over clients\)\s+0\.6250", out)
+    rc, out, _ = _cli(capsys, "compare", str(path), "--metric", "mentee_auroc", "--target",
                       "0.6")
     assert rc == 0 and "0.6250" in out
 

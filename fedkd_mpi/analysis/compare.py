@@ -110,10 +110,17 @@ VALUE_COLS = ["final_mentor", "final_mentee", "mb_per_client", "reduction_vs_men
 
 def per_run_table(runs: list[Run], key: str, spec: MetricSpec,
                   target: float | None) -> pd.DataFrame:
-    rows = []
+    """One row per run; a key missing from some (older) files groups them as '(absent)'."""
+    groups: list[str | None] = []
     for r in runs:
-        row = {"group": group_value(r, key), **run_row(r, spec, target)}
-        rows.append(row)
+        try:
+            groups.append(group_value(r, key))
+        except KeyError:
+            groups.append(None)
+    if all(g is None for g in groups):
+        group_value(runs[0], key)  # raises the one-line error
+    rows = [{"group": "(absent)" if g is None else g, **run_row(r, spec, target)}
+            for r, g in zip(runs, groups, strict=True)]
     return pd.DataFrame(rows)
 
 

@@ -55,6 +55,17 @@ def summary_rows(run: Run) -> list[list[str]]:
     for name in s.metric_names:
         for m in MODELS:
             rows.append([f"final {m} {name} (mean over clients)", fmt(s.final[f"{m}_{name}"])])
+    c = run.clients
+    if "participated" in c and len(c):
+        per_round = c.groupby("round")["participated"].sum()
+        rows.append(["clients per round (participants)",
+                     f"{per_round.mean():.1f} of {s.num_clients} on average"])
+    if "skipped" in c and len(c) and c["skipped"].sum() > 0:
+        rows.append(["updates skipped (non-finite)", str(int(c["skipped"].sum()))])
+    resumed = run.attrs.get("resumed_from_round")
+    if resumed is not None and len(np.atleast_1d(resumed)):
+        rows.append(["resumed from round", ", ".join(str(int(x))
+                                                     for x in np.atleast_1d(resumed))])
     rows += [["MB up per client (total)", fmt(s.mb_up_per_client)],
              ["MB down per client (total)", fmt(s.mb_down_per_client)],
              ["MB per client, mentee sent dense", fmt(s.dense_mb_mentee_per_client)],
@@ -121,19 +132,25 @@ def _title(run: Run) -> str:
 
 
 def fig_metric_vs_round(run: Run, out: Path, fmt_: str) -> Path:
-    fig, ax = plots.figure()
     r = run.rounds
     head = run.summary.metric_name
-    for m, name, col in _metric_cols(run):
-        ls = "-" if name == head else "--"
-        ax.plot(r["round"], r[col], ls=ls, label=f"{m} {plots.pretty_metric(name)}",
-                **plots.MODEL_STYLE[m])
+    cols = _metric_cols(run)
+    names = list(dict.fromkeys(name for _, name, _ in cols))
+    fig, ax = plots.figure(7.6 if len(names) > 1 else 6.4, 4.0)
+    styles = ["-", "--", ":", "-."]
+    for m, name, col in cols:
+        ax.plot(r["round"], r[col], ls=styles[names.index(name) % len(styles)],
+                label=f"{m} {plots.pretty_metric(name)}", **plots.MODEL_STYLE[m])
     ax.set_xlabel("round")
-    ax.set_ylabel(f"{plots.pretty_metric(head)} on held-out split (mean over clients)")
+    what = plots.pretty_metric(head) if len(names) == 1 else "metric"
+    ax.set_ylabel(f"{what} on held-out data (mean over clients)")
     ax.set_title(_title(run), fontsize=10)
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
-    ax.legend()
+    if len(names) > 1:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    else:
+        ax.legend()
     return plots.save(fig, out, "metric_vs_round", fmt_)
 
 
