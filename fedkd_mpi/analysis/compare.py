@@ -169,35 +169,47 @@ def markdown(folded: pd.DataFrame, key: str, metric: str, target: float | None,
 
 def curves_figure(runs: list[Run], groups: list[str], spec: MetricSpec, out: Path, fmt_: str,
                   key: str) -> Path:
-    """Metric against cumulative MB per client: one line per group (mean over runs, ± std)."""
+    """Metric against cumulative MB per client: one line per group (mean over runs, ± std).
+
+    With ``--metric auto`` a group whose own model is the mentor also gets its mentee, dashed,
+    so that the mentee of FedKD and a mentee trained by FedAvg can be read side by side."""
     fig, ax = plots.figure(6.8, 4.4)
     colors = plots.plt.get_cmap("tab10").colors
     xs_all: list[float] = []
-    labels = set()
+    names: set[str] = set()
     for i, g in enumerate(dict.fromkeys(groups)):
         members = [r for r, gg in zip(runs, groups, strict=True) if gg == g]
         n = min(len(r.rounds) for r in members)
         if n == 0:
             continue
         cols = [spec.column(r) for r in members]
-        labels.update(lbl for _, lbl in cols)
-        y = np.stack([r.rounds[c].to_numpy(float)[:n] for r, (c, _) in zip(members, cols,
-                                                                           strict=True)])
+        models = sorted({lbl.split(" ")[0] for _, lbl in cols})
+        names.update(lbl.split(" ", 1)[1] for _, lbl in cols)
+        lines = [(cols, "-", ", ".join(models))]
+        if spec.model is None and models == ["mentor"]:
+            lines.append(([(r.metric_column("mentee", spec.name), "") for r in members], "--",
+                          "mentee"))
         x = np.stack([r.rounds["cum_mb_per_client"].to_numpy(float)[:n] for r in members])
-        xm, ym = x.mean(axis=0), y.mean(axis=0)
-        ys = y.std(axis=0, ddof=1) if len(members) > 1 else np.zeros(n)
-        model = ", ".join(sorted({lbl.split(" ")[0] for _, lbl in cols}))
-        color = colors[i % len(colors)]
-        ax.plot(xm, ym, marker="o", color=color,
-                label=f"{key}={g} ({model}, n={len(members)})")
-        if len(members) > 1:
-            ax.fill_between(xm, ym - ys, ym + ys, color=color, alpha=0.2)
+        xm = x.mean(axis=0)
         xs_all += list(xm)
+        color = colors[i % len(colors)]
+        for line_cols, ls, model in lines:
+            y = np.stack([r.rounds[c].to_numpy(float)[:n]
+                          for r, (c, _) in zip(members, line_cols, strict=True)])
+            if not np.isfinite(y).any():
+                continue
+            ym = y.mean(axis=0)
+            ax.plot(xm, ym, marker="o" if ls == "-" else "s", ls=ls, color=color,
+                    label=f"{key}={g}: {model} (n={len(members)})")
+            if len(members) > 1:
+                ys = y.std(axis=0, ddof=1)
+                ax.fill_between(xm, ym - ys, ym + ys, color=color,
+                                alpha=0.2 if ls == "-" else 0.1)
     plots.log_if_decades(ax, np.array(xs_all))
     ax.set_xlabel("cumulative MB per client (up + down), mean over runs")
-    metric = " / ".join(sorted(labels)) if labels else "metric"
+    metric = " / ".join(sorted(names)) if names else "metric"
     ax.set_ylabel(f"{metric} (mean over clients)")
-    ax.set_title("mean over runs (seeds); shaded: ± 1 std", fontsize=10)
+    ax.set_title("one point per round; mean over runs (seeds), shaded: ± 1 std", fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     return plots.save(fig, out, "compare_metric_vs_mb", fmt_)
