@@ -1,4 +1,5 @@
-"""Command line: ``fedkd-mpi run|validate CONFIG [key=value ...]``."""
+"""Command line: ``fedkd-mpi run|validate CONFIG [key=value ...]``; ``fedkd-mpi
+report|compare|export RUN.h5 ...`` (analysis of run files, no MPI)."""
 
 from __future__ import annotations
 
