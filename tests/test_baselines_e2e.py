@@ -79,3 +79,29 @@ def test_algorithm_runs_under_mpiexec_with_exact_bytes(tiny_run, name):
         assert (up - hb == 2 * dense).all()  # twice FedAvg's payload, both ways
     if name.startswith("fedkd"):
         assert (ru <= 2).all() and (ru != 0).all() and (ru == 2).any()
+
+
+def test_error_feedback_state_survives_kill_and_resume(tmp_path):
+    """PowerSGD keeps residuals and warm-start Q per client (Client.state, spilled with
+    runtime.resident_clients=1) and on the server (server_state): a run killed after its
+    round-2 checkpoint and resumed is identical to an uninterrupted one."""
+    from .conftest import TINY, run_job
+    from .test_resume import COMMON, assert_same_science
+
+    args = ("run", str(TINY), *COMMON, "algorithm=powersgd", "powersgd.rank=2")
+    ref = tmp_path / "ref.h5"
+    res = run_job(3, *args, f"output={ref}")
+    assert res.returncode == 0, res.stderr
+    out = tmp_path / "killed.h5"
+    res = run_job(3, *args, f"output={out}", "runtime.checkpoint_every=2",
+                  env={"FEDKD_MPI_FAULT": "2:4"}, timeout=120)
+    assert res.returncode != 0 and "injected fault" in res.stderr
+    res = run_job(3, *args, f"output={out}", "runtime.checkpoint_every=2", "--resume")
+    assert res.returncode == 0, res.stderr
+    assert_same_science(ref, out)
+    # and the state matters: without error feedback the same run differs
+    plain = tmp_path / "plain.h5"
+    res = run_job(3, *args, "powersgd.error_feedback=false", f"output={plain}")
+    assert res.returncode == 0, res.stderr
+    with h5py.File(ref, "r") as a, h5py.File(plain, "r") as b:
+        assert not np.array_equal(a["replicas/checksum"][:], b["replicas/checksum"][:])
