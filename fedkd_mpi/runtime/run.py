@@ -75,7 +75,7 @@ ROW = ("client", "num_samples", "mentor_metric", "mentee_metric", "mentor_train_
        *(f"{role}_{m}" for m in METRICS for role in ("mentor", "mentee")),
        "skipped")  # 1: update dropped (runtime.nonfinite=skip)
 RANKVAL = ("train_s", "encode_s", "comm_s", "aggregate_s", "decode_s", "eval_s", "checksum",
-           "rss_mb")
+           "rss_mb", "round_s")
 
 
 def clients_per_rank(num_clients: int, world_size: int) -> list[int]:
@@ -261,6 +261,7 @@ def _client_rounds(ctx: Context, fed: FederatedData, store: ClientStore) -> int:
             os.kill(os.getpid(), signal.SIGUSR1)
         mask = round_participants(cfg.train, cfg.data.num_clients, cfg.seed, rnd)
         tv = dict.fromkeys(RANKVAL, 0.0)
+        t_round = time.perf_counter()
         rows = np.full((len(cids), len(ROW)), np.nan)
         theta0 = [p.detach().clone() for p in ctx.params]
         msgs = []
@@ -352,6 +353,7 @@ def _client_rounds(ctx: Context, fed: FederatedData, store: ClientStore) -> int:
             tv["eval_s"] += time.perf_counter() - t
             tv["checksum"] = _checksum(ctx.params)
         tv["rss_mb"] = _rss_mb()
+        tv["round_s"] = time.perf_counter() - t_round  # before the end-of-round telemetry
         ctx.transport.gather_rows(rows, len(ROW))
         ctx.transport.gather_rank_values(np.array([tv[k] for k in RANKVAL]))
         if _round_boundary(ctx, rnd, store):
@@ -495,6 +497,7 @@ def _server_loop(ctx: Context, fed: FederatedData,
         rv = {k: rankvals[:, i] for i, k in enumerate(RANKVAL)}
         rv["aggregate_s"][0], rv["decode_s"][0], rv["comm_s"][0] = t_agg, t_dec, t_comm
         rv["rss_mb"][0] = _rss_mb()
+        rv["round_s"][0] = time.perf_counter() - t_round
         if ctx.shared is not None:
             ref = _checksum(ctx.params)
             rv["checksum"][0] = ref
@@ -527,7 +530,8 @@ def _server_loop(ctx: Context, fed: FederatedData,
                        participated=mask.astype(np.int64), **{k: col[k] for k in ROW[8:]})
         clients["skipped"] = skipped | (np.nan_to_num(col["skipped"]) > 0).astype(np.int8)
         writer.append(rec, clients, {k: rv[k] for k in ("train_s", "encode_s", "comm_s",
-                                                       "aggregate_s", "decode_s", "eval_s")},
+                                                       "aggregate_s", "decode_s", "eval_s",
+                                                       "round_s")},
                       rv["rss_mb"], rank_up, rank_down, rv["checksum"].astype(np.int64))
         history.append(rec)
         line = (f"round {rnd + 1}/{rounds}  T={rec['energy_threshold']:.4f}  "

@@ -22,7 +22,8 @@ ROUND_FIELDS = ("round", "energy_threshold", "bytes_up", "bytes_down", "mentor_m
 CLIENT_FIELDS = ("bytes_up", "bytes_down", "mentor_metric", "mentee_metric",
                  "mentor_train_loss", "mentee_train_loss", "num_samples", "train_time_s",
                  "encode_time_s", "participated", "skipped")
-TIMING_PHASES = ("train_s", "encode_s", "comm_s", "aggregate_s", "decode_s", "eval_s")
+TIMING_PHASES = ("train_s", "encode_s", "comm_s", "aggregate_s", "decode_s", "eval_s",
+                 "round_s")
 _INT_FIELDS = {"round", "bytes_up", "bytes_down", "num_samples", "participated"}
 
 
