@@ -43,12 +43,12 @@ def test_gather_and_broadcast_carry_exact_bytes_in_client_order():
     alg = FedKD(load_config(None, ["fedkd.t_start=0.9", "fedkd.t_end=0.9"]))
     alg.specs = SPECS
     mine = client_ids_of(comm.Get_rank(), counts)
-    msgs = [pack(c, 0, alg.client_encode(_delta(c), 0), SPECS) for c in mine]
+    msgs = [pack(c, 0, alg.client_encode(_delta(c), 0, {}), SPECS) for c in mine]
     got, _ = tr.gather_messages(msgs)
     if comm.Get_rank() == 0:
         assert len(got) == n
         for c, buf in enumerate(got):
-            want = pack(c, 0, alg.client_encode(_delta(c), 0), SPECS)
+            want = pack(c, 0, alg.client_encode(_delta(c), 0, {}), SPECS)
             assert np.array_equal(buf, want)
             assert unpack(buf, SPECS).client_id == c
         out = pack(-1, 0, alg.server_aggregate([unpack(b, SPECS).encoded for b in got],
@@ -76,7 +76,7 @@ def test_server_mean_matches_dense_mean_within_codec_error():
     alg = FedKD(load_config(None, ["fedkd.t_start=1.0", "fedkd.t_end=1.0"]))  # T=1: lossless
     alg.specs = SPECS
     mine = client_ids_of(comm.Get_rank(), counts)
-    got, _ = tr.gather_messages([pack(c, 0, alg.client_encode(_delta(c), 0), SPECS)
+    got, _ = tr.gather_messages([pack(c, 0, alg.client_encode(_delta(c), 0, {}), SPECS)
                                  for c in mine])
     if comm.Get_rank() == 0:
         agg = alg.client_decode(alg.server_aggregate([unpack(b, SPECS).encoded for b in got],
