@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -48,7 +49,9 @@ class Suite:
 
 
 def load_suite(name: str, full: bool, out: str | None) -> Suite:
-    path = ROOT / "configs" / "suites" / f"{name}{'_full' if full else ''}.yaml"
+    """``name``: a suite under configs/suites (``--full``: its ``_full`` variant) or a path."""
+    path = Path(name) if name.endswith((".yaml", ".yml")) else (
+        ROOT / "configs" / "suites" / f"{name}{'_full' if full else ''}.yaml")
     if not path.is_file():
         sys.exit(f"suite error: {path} not found (suites: "
                  f"{', '.join(p.stem for p in sorted((ROOT / 'configs/suites').glob('*.yaml')))})")
@@ -96,7 +99,7 @@ def run_all(s: Suite, dry: bool) -> int:
             print(f"[{i}/{len(todo)}] {run} seed {seed}: done, skipped", flush=True)
             continue
         cmd = command(s, run, seed)
-        print(f"[{i}/{len(todo)}] {' '.join(cmd)}", flush=True)
+        print(f"[{i}/{len(todo)}] {shlex.join(cmd)}", flush=True)
         if dry:
             continue
         t = time.time()
@@ -211,7 +214,7 @@ def plot(s: Suite, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("name", help="suite name: configs/suites/<name>.yaml")
+    ap.add_argument("name", help="suite name (configs/suites/<name>.yaml) or a suite file")
     ap.add_argument("--full", action="store_true", help="the GPU-cluster suite <name>_full.yaml")
     ap.add_argument("--out", help="folder of the run files (default runs/suites/<suite>)")
     ap.add_argument("--table", action="store_true", help="only build table and figure")
