@@ -7,8 +7,9 @@
 ``run`` is resumable: a run whose HDF5 file has status ``completed`` is skipped; anything else
 is rerun with --overwrite. Runs go seed by seed (every config for seed 0 first), ``--jobs`` at a
 time (default 1), each under ``mpiexec`` with OMP_NUM_THREADS=1; logs in
-runs/paper/<config>_s<seed>.log. ``fedkd2_paperT`` (FedKD_2 at the paper's T = 0.95 -> 0.98, for
-the accuracy cost of the lower T) runs only when named with --only.
+runs/paper/<config>_s<seed>.log. Optional rows run only when named with --only: ``fedkd2_nomh`` (the
+mentor learns from CE + KL only; hidden/attention terms train the mentee and W^h) and
+``fedkd2_paperT`` (FedKD_2 at the paper's T = 0.95 -> 0.98: the accuracy cost of the lower T).
 """
 
 from __future__ import annotations
@@ -44,11 +45,14 @@ CONFIGS = [
      "FedKD_2: F 59.8±0.6, 0.07 GB (19.6×)"),
 ]
 OPTIONAL = [
+    ("fedkd2_nomh", "fedkd2.yaml", 4, "FedKD_2, hidden/attention terms train the mentee only",
+     "(ablation: fedkd.mentor_hidden_loss=false)"),
     ("fedkd2_paperT", "fedkd2.yaml", 4, "FedKD_2 at the paper's T = 0.95 → 0.98",
      "(paper's T schedule)"),
 ]
 RUN_ORDER = ["fedkd2", "fedavg_mentor", "centralized", "local", "fedkd3", "fedavg_mentee"]
-OVERRIDES = {"fedkd2_paperT": ["fedkd.t_start=0.95", "fedkd.t_end=0.98"]}
+OVERRIDES = {"fedkd2_nomh": ["fedkd.mentor_hidden_loss=false"],
+             "fedkd2_paperT": ["fedkd.t_start=0.95", "fedkd.t_end=0.98"]}
 
 
 def h5_path(key: str, seed: int) -> Path:
