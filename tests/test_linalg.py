@@ -130,10 +130,14 @@ def test_batched_equals_one_by_one():
 
 
 def test_auto_policy():
-    assert pick_method(64, 64) == "full"
-    assert pick_method(384, 384) == "full"
-    assert pick_method(384, 1536) == "gram" and pick_method(3072, 768) == "gram"
-    assert pick_method(768, 768, "cuda") == "gram"
+    assert pick_method(64, 64) == "full" and pick_method(128, 128) == "full"
+    assert pick_method(128, 384) == "gram" and pick_method(200, 96, "cuda") == "gram"
+    assert pick_method(384, 384) == "randomized" and pick_method(768, 3072) == "randomized"
+    flat, steep = spectrum_matrix(256, 256, 0.2, 12), spectrum_matrix(256, 256, 1.5, 13)
+    (f,), (g,) = factorize([flat], 0.9, "auto"), factorize([steep], 0.9, "auto")
+    assert f.method == "full" and g.method == "randomized"  # one sketch, then exact
+    assert kept(flat, f) >= 0.9 - 2e-6 and kept(steep, g) >= 0.9 - 2e-6
+    assert f.rank == factorize([flat], 0.9, "full")[0].rank
     with pytest.raises(ValueError, match="svd method"):
         factorize([torch.ones(3, 3)], 0.5, "qr")
 
@@ -222,3 +226,32 @@ def test_config_keys_validated():
         load_config(None, ["fedkd.svd_method=lanczos"])
     with pytest.raises(ConfigError, match="server_path"):
         load_config(None, ["fedkd.server_path=sparse"])
+
+
+def test_job_with_factored_server_and_randomized_clients(tiny_run):
+    """A real mpiexec job on every non-default path: replicas bit-identical (checked by the
+    server each round), exact byte formula, and the same ranks as the reference paths."""
+    import h5py
+
+    res, out = tiny_run(3, "fedkd.server_path=factored", "fedkd.svd_method=gram",
+                        "train.rounds=2", name="factored.h5")
+    assert res.returncode == 0, res.stderr[-2000:]
+    ref, out_ref = tiny_run(3, "fedkd.server_path=dense", "fedkd.svd_method=full",
+                            "train.rounds=2", name="dense.h5")
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    with h5py.File(out, "r") as f, h5py.File(out_ref, "r") as g:
+        assert f.attrs["status"] == "completed"
+        ck = f["replicas/checksum"][()]
+        assert (ck == ck[:, :1]).all()
+        shapes = f["layers/shape"][()]
+        p, q = shapes[:, 0], shapes[:, 1]
+        for name, per in (("rank_up", f["layers/rank_up"][()]),
+                          ("rank_down", f["layers/rank_down"][()][:, None, :])):
+            floats = np.where(per < 0, p * q, per * (p + q + 1)).sum(-1)
+            got = f[f"clients/bytes_{name[5:]}"][()] - f.attrs["header_bytes"]
+            assert (got == 4 * floats).all(), name
+        # factored server average == dense average up to rounding: same ranks both ways
+        assert np.array_equal(f["layers/rank_up"][()], g["layers/rank_up"][()])
+        assert np.array_equal(f["layers/rank_down"][()], g["layers/rank_down"][()])
+        up = f["layers/rank_up"][()]
+        assert (up > 0).all(axis=1).any(), "no tensor exercised the factored server path"

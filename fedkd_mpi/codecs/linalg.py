@@ -25,7 +25,8 @@ Paths (``method``):
   energy is >= T. If the captured energy does not reach T within l - oversample columns, the
   sketch is widened (x2); past half the rank it is no longer cheaper and the matrix falls
   back to the exact ``full`` path.
-* ``auto``: per shape and device (:func:`pick_method`).
+* ``auto``: per shape and device (:func:`pick_method`): full below 96, one randomized sketch
+  then the exact path from 256, else gram (aspect >= 2) or full.
 
 Same-shape matrices are factorised in one batched call. All paths are device-agnostic torch.
 """
@@ -47,6 +48,8 @@ GRAM_MIN_RATIO = 1e-7
 AUTO_SMALL = 96
 #: auto: aspect ratio max/min from which the Gram matrix is the cheaper route (CPU)
 AUTO_ASPECT = 2.0
+#: auto: min(P, Q) from which one randomized attempt is tried first (then the exact path)
+AUTO_SKETCH = 256
 
 
 @dataclass
@@ -89,23 +92,29 @@ def _partial_rank(energy: np.ndarray, total: float, threshold: float) -> int | N
     return int(hit[0]) + 1 if hit.size else None
 
 
-def pick_method(rows: int, cols: int, device: torch.device | str = "cpu") -> str:
-    """The ``auto`` policy: which exact-enough path is cheapest for this shape and device.
-
-    CPU: LAPACK's SVD for small matrices and squarish ones; the float64 Gram
-    eigendecomposition when the aspect ratio is >= 2 (its cost is O(P Q min) for the product
-    plus an eigh of the small side, against the SVD's larger constant on the long side).
-    CUDA (not measured here): the Gram route for every matrix that is not small, since cuSOLVER
-    eigh and a GEMM are much faster than its SVD.
-    The randomized path is never picked automatically: its cost grows with K, and the energy
-    threshold on nearly full-rank updates can require K close to min(P, Q).
-    """
+def exact_method(rows: int, cols: int, device: torch.device | str = "cpu") -> str:
+    """The cheaper exact path: ``gram`` for aspect ratio >= 2 (CPU) or any non-small matrix on
+    CUDA (cuSOLVER eigh + a GEMM beat its SVD; not measured here), else ``full``."""
     small, big = min(rows, cols), max(rows, cols)
     if small < AUTO_SMALL:
         return "full"
     if torch.device(device).type == "cuda":
         return "gram"
     return "gram" if big >= AUTO_ASPECT * small else "full"
+
+
+def pick_method(rows: int, cols: int, device: torch.device | str = "cpu") -> str:
+    """The ``auto`` policy (docs/PERFORMANCE.md has the measurements behind it).
+
+    min(P, Q) < 96: LAPACK's SVD (everything is sub-millisecond). min(P, Q) >= 256:
+    ``randomized`` with ONE sketch (width min/8 + 10): it pays off when the update's energy is
+    concentrated (3-6x faster on decaying spectra) and costs one sketch (~10-20 % of an SVD)
+    before falling back to the exact path when it is not (nearly full-rank updates). Otherwise
+    the cheaper exact path (:func:`exact_method`).
+    """
+    if min(rows, cols) >= AUTO_SKETCH:
+        return "randomized"
+    return exact_method(rows, cols, device)
 
 
 # ------------------------------------------------------------------------------------------
@@ -168,8 +177,9 @@ def _sketch(q: int, width: int, batch: int, seed: int, device: torch.device) -> 
 
 
 def _randomized(mats: torch.Tensor, threshold: float, oversample: int, power_iters: int,
-                seed: int) -> list[Factorization]:
-    """Randomized SVD with adaptive sketch width; exact fallback when it stops paying off."""
+                seed: int, attempts: int = 8, fallback: str = "full") -> list[Factorization]:
+    """Randomized SVD with adaptive sketch width (at most ``attempts`` sketches); the exact
+    ``fallback`` path when it stops paying off."""
     bsz, p, q = mats.shape
     r = min(p, q)
     totals = _totals(mats)
@@ -180,7 +190,8 @@ def _randomized(mats: torch.Tensor, threshold: float, oversample: int, power_ite
             z = mats.new_zeros(0)
             out[b] = Factorization(z.view(p, 0), z, z.view(0, q), 0, 0.0, "randomized", mats[b])
     width = min(r, max(16, r // 8) + oversample)
-    while todo and threshold < 1.0 and width <= r // 2 + oversample:
+    while todo and threshold < 1.0 and width <= r // 2 + oversample and attempts > 0:
+        attempts -= 1
         a = mats[todo]
         y = a @ _sketch(q, width, len(todo), seed, a.device)
         basis = torch.linalg.qr(y).Q
@@ -201,7 +212,8 @@ def _randomized(mats: torch.Tensor, threshold: float, oversample: int, power_ite
         todo = left
         width = min(r, 2 * width)
     if todo:  # not cheaper any more (or T >= 1): exact
-        for b, f in zip(todo, _full(mats[todo], threshold), strict=True):
+        exact = _gram if fallback == "gram" else _full
+        for b, f in zip(todo, exact(mats[todo], threshold), strict=True):
             out[b] = f
     return [f for f in out if f is not None]
 
@@ -225,7 +237,10 @@ def factorize(mats: Sequence[torch.Tensor], threshold: float, method: str = "aut
         if how == "gram":
             res = _gram(batch, threshold)
         elif how == "randomized":
-            res = _randomized(batch, threshold, oversample, power_iters, seed)
+            res = _randomized(batch, threshold, oversample, power_iters, seed,
+                              attempts=1 if method == "auto" else 8,
+                              fallback=exact_method(*shape, device) if method == "auto"
+                              else "full")
         else:
             res = _full(batch, threshold)
         for i, f in zip(idx, res, strict=True):
