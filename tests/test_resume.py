@@ -4,6 +4,8 @@ identical, dataset by dataset, to an uninterrupted run (timings aside)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 
 import h5py
 import numpy as np
@@ -11,7 +13,7 @@ import pytest
 
 from fedkd_mpi.storage.h5 import open_live
 
-from .conftest import TINY, run_job
+from .conftest import ROOT, TINY, run_job
 
 #: sampling and spilling on, so that both are part of what must survive a resume
 COMMON = ("data.num_clients=4", "train.rounds=4", "train.sample_fraction=0.75",
@@ -83,12 +85,19 @@ def test_kill_mid_run_then_resume_is_identical(reference, tmp_path):
     assert_same_science(reference, out)
 
 
+def _batch(*args, env=None):
+    """jobs/slurm_cpu.sh outside SLURM (3 ranks): its resume detection and exit status."""
+    full = {**os.environ, "OMP_NUM_THREADS": "1", "SLURM_NTASKS": "3", **(env or {})}
+    return subprocess.run(["bash", str(ROOT / "jobs" / "slurm_cpu.sh"), *args], cwd=ROOT,
+                          env=full, capture_output=True, text=True, timeout=300)
+
+
 def test_signal_checkpoints_exits_3_and_resumes_identically(reference, tmp_path):
     out = tmp_path / "sig.h5"
-    res = run_job(3, "run", str(TINY), f"output={out}", *COMMON,
-                  env={"FEDKD_MPI_SIGNAL": "1:2"}, timeout=120)
+    res = _batch(str(TINY), f"output={out}", *COMMON, env={"FEDKD_MPI_SIGNAL": "1:2"})
     _ok(res, 3)
-    assert "--resume" in res.stdout
+    assert "new run" in res.stdout and "--resume" in res.stdout
+    assert "exit status 3" in res.stdout
     with h5py.File(out, "r") as f:
         assert f.attrs["status"] == "interrupted"
         assert list(f["rounds/round"][:]) == [1, 2]
@@ -103,7 +112,9 @@ def test_signal_checkpoints_exits_3_and_resumes_identically(reference, tmp_path)
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "train.lr_mentor" in lines[0]
     assert out.read_bytes() == before
-    _ok(run_job(3, "run", str(TINY), f"output={out}", *COMMON, "--resume"))
+    res = _batch(str(TINY), f"output={out}", *COMMON)  # the script sees the checkpoint
+    _ok(res)
+    assert "resume run" in res.stdout
     assert_same_science(reference, out)
 
 

@@ -92,17 +92,18 @@ class ClientStore:
         if cl is not None:
             self.resident.move_to_end(cid)
             return cl
+        if self.capacity is not None:  # make room first: never capacity + 1 in memory
+            while len(self.resident) >= self.capacity:
+                old, ocl = self.resident.popitem(last=False)
+                atomic_save(client_state(ocl), self._path(old))
+                self.spilled.add(old)
+                self.spills += 1
+                del ocl
         cl = self.factory(cid)
         if cid in self.spilled:
             load_client_state(cl, load_tree(self._path(cid), self.device))
             self.loads += 1
         self.resident[cid] = cl
-        if self.capacity is not None:
-            while len(self.resident) > self.capacity:
-                old, ocl = self.resident.popitem(last=False)
-                atomic_save(client_state(ocl), self._path(old))
-                self.spilled.add(old)
-                self.spills += 1
         return cl
 
     def save_to(self, cid: int, path: Path) -> None:

@@ -272,6 +272,7 @@ def _client_rounds(ctx: Context, fed: FederatedData, store: ClientStore) -> int:
                 if ctx.shared is not None:
                     msgs.append(np.zeros(0, np.uint8))
                 continue
+            cl = snap = None  # drop the previous client first: at most resident_clients live
             cl = store.get(cid)
             with torch.no_grad():
                 for p, t0 in zip(ctx.params, theta0, strict=True):
