@@ -122,9 +122,10 @@ def table(seeds: list[int]) -> str:
     base = res.get("fedavg_mentor") or []
     base_mb = np.mean([x["mb_per_client"] for x in base]) if base else np.nan
     lines = [
-        "| method (this harness) | seeds | mentor F1 | mentor acc | mentee F1 | mentee acc "
-        "| MB/client (up+down) | reduction vs mentor FedAvg | wall s/run | paper Table 1, ADR |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| method (this harness) | seeds | mentor F1 | mentor acc | mentor macro-F1 | mentee F1 "
+        "| mentee acc | MB/client (up+down) | reduction vs mentor FedAvg | wall s/run "
+        "| paper Table 1, ADR |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key, _, _, label, paper in CONFIGS + OPTIONAL:
         rs = res.get(key) or [summarise(h5_path(key, s)) for s in seeds
@@ -132,7 +133,7 @@ def table(seeds: list[int]) -> str:
         if key in dict((c[0], 1) for c in OPTIONAL) and not rs:
             continue
         if not rs:
-            lines.append(f"| {label} | 0 | – | – | – | – | – | – | – | {paper} |")
+            lines.append(f"| {label} | 0 | – | – | – | – | – | – | – | – | {paper} |")
             continue
         mb = np.mean([x["mb_per_client"] for x in rs])
         red = "–" if mb == 0 or np.isnan(base_mb) else f"{base_mb / mb:.1f}×"
@@ -140,6 +141,7 @@ def table(seeds: list[int]) -> str:
         lines.append(
             f"| {label} | {len(rs)} | {_ms([x.get('mentor_f1', np.nan) for x in rs])} "
             f"| {_ms([x.get('mentor_accuracy', np.nan) for x in rs])} "
+            f"| {_ms([x.get('mentor_macro_f1', np.nan) for x in rs])} "
             f"| {_ms([x.get('mentee_f1', np.nan) for x in rs])} "
             f"| {_ms([x.get('mentee_accuracy', np.nan) for x in rs])} | {mb_txt} | {red} "
             f"| {np.mean([x['wall_s'] for x in rs]):.0f} | {paper} |")
