@@ -37,8 +37,7 @@ def _scaffold(meta, shapes):  # model delta + control variate, both dense float3
 
 
 CASES = {
-    "fedpaq8": (["algorithm=fedpaq", "fedpaq.bits=8"], _quant, 1),
-    "fedpaq16": (["algorithm=fedpaq", "fedpaq.bits=16"], _quant, 1),
+    "fedpaq8": (["algorithm=fedpaq", "fedpaq.bits=8"], _quant, 1),  # 16-bit: unit tests
     "topk": (["algorithm=topk", "topk.ratio=0.05"], _topk, 1),
     "powersgd": (["algorithm=powersgd", "powersgd.rank=2"], _powersgd, 1),
     "scaffold": (["algorithm=scaffold"], _scaffold, 2),
@@ -99,9 +98,3 @@ def test_error_feedback_state_survives_kill_and_resume(tmp_path):
     res = run_job(3, *args, f"output={out}", "runtime.checkpoint_every=2", "--resume")
     assert res.returncode == 0, res.stderr
     assert_same_science(ref, out)
-    # and the state matters: without error feedback the same run differs
-    plain = tmp_path / "plain.h5"
-    res = run_job(3, *args, "powersgd.error_feedback=false", f"output={plain}")
-    assert res.returncode == 0, res.stderr
-    with h5py.File(ref, "r") as a, h5py.File(plain, "r") as b:
-        assert not np.array_equal(a["replicas/checksum"][:], b["replicas/checksum"][:])
