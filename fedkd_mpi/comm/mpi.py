@@ -132,15 +132,26 @@ class Transport:
         self.rank = comm.Get_rank()
         self.counts = np.asarray(clients_per_rank, dtype=np.int64)
         self.poll_s = poll_s
+        self._bufs: dict[str, np.ndarray] = {}
         if self.rank == 0:
             watch_faults(comm)
+
+    def _buffer(self, key: str, nbytes: int) -> np.ndarray:
+        """A reused receive buffer (grow-only): first-touch page faults of a fresh array cost
+        more than the transfer itself at tens of MB (docs/PERFORMANCE.md)."""
+        buf = self._bufs.get(key)
+        if buf is None or buf.size < nbytes:
+            buf = self._bufs[key] = np.empty(max(nbytes, int(1.25 * (0 if buf is None
+                                                                      else buf.size))), np.uint8)
+        return buf[:nbytes]
 
     # -- update messages ------------------------------------------------------------------
     def gather_messages(self, msgs: list[np.ndarray]) -> tuple[list[np.ndarray], GatherStats]:
         """Gather per-client uint8 messages to rank 0, in rank (= client id) order.
 
         Sizes go first (Gatherv of int64), then all bytes in one Gatherv: one message per rank.
-        Returns the list of messages on rank 0 and ``[]`` elsewhere.
+        Returns the list of messages on rank 0 and ``[]`` elsewhere: views into a reused
+        buffer, valid until the next ``gather_messages`` (copy what must outlive the round).
         """
         root = self.rank == 0
         t0 = time.perf_counter()
@@ -153,7 +164,7 @@ class Transport:
         if root:
             per_rank = np.asarray([s.sum() for s in np.split(all_sizes,
                                    np.cumsum(self.counts)[:-1])], dtype=np.int64)
-            recv = np.empty(int(all_sizes.sum()), dtype=np.uint8)
+            recv = self._buffer("gather", int(all_sizes.sum()))
             spec = [recv, (per_rank, _displs(per_rank)), MPI.BYTE]
         else:
             spec = None
@@ -167,10 +178,12 @@ class Transport:
         return out, GatherStats(t1 - t0, t2 - t1)
 
     def broadcast(self, msg: np.ndarray | None) -> np.ndarray:
-        """Rank 0's uint8 message to every rank (size first, then the bytes)."""
+        """Rank 0's uint8 message to every rank (size first, then the bytes).
+
+        Elsewhere the result is a view into a reused buffer, valid until the next call."""
         size = np.array([msg.size if self.rank == 0 else 0], dtype=np.int64)
         wait(self.comm.Ibcast(size, root=0), self.poll_s)
-        buf = msg if self.rank == 0 else np.empty(int(size[0]), dtype=np.uint8)
+        buf = msg if self.rank == 0 else self._buffer("bcast", int(size[0]))
         wait(self.comm.Ibcast(buf, root=0), self.poll_s)
         return buf
 
