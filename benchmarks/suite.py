@@ -144,6 +144,13 @@ def mb_to_target(curves: list[Curve], target: float) -> tuple[float, int]:
     return (float(mb[hit[0]]), int(hit[0]) + 1) if hit.size else (math.nan, -1)
 
 
+def target_value(s: Suite, ref: list[Curve]) -> float:
+    """The target metric: a number, or ``ref:<f>`` = f x the reference's final mean metric."""
+    if isinstance(s.target, str) and s.target.startswith("ref:"):
+        return float(s.target[4:]) * float(np.mean([c.metric[-1] for c in ref]))
+    return float(s.target)
+
+
 def build_table(s: Suite) -> str:
     from tabulate import tabulate
 
@@ -157,10 +164,7 @@ def build_table(s: Suite) -> str:
         return f"(reference run '{s.reference}' has no completed file yet)"
     ref = data[s.reference]
     ref_total = np.mean([c.up_mb + c.down_mb for c in ref])
-    if isinstance(s.target, str) and s.target.startswith("ref:"):
-        target = float(s.target[4:]) * float(np.mean([c.metric[-1] for c in ref]))
-    else:
-        target = float(s.target)
+    target = target_value(s, ref)
     ref_mb, _ = mb_to_target(ref, target)
     rows = []
     for run, cs in data.items():
@@ -201,6 +205,10 @@ def plot(s: Suite, path: Path) -> None:
         mean = np.mean([c.metric[:r] for c in cs], axis=0)
         mb = np.mean([c.cum_mb[:r] for c in cs], axis=0)
         ax.plot(mb, mean, marker="o", ms=3, label=run)
+    ref = [read_curve(h5_path(s, s.reference, sd), s.metric) for sd in s.seeds
+           if is_done(h5_path(s, s.reference, sd))]
+    if ref:
+        ax.axhline(target_value(s, ref), color="k", ls="--", lw=0.8, label="target")
     ax.set_xscale("log")
     ax.set_xlabel("cumulative MB per client (up + down)")
     ax.set_ylabel(f"{s.metric} metric (mean over seeds)")
