@@ -2,6 +2,8 @@
 
 Exit codes: 0 success, 2 bad input (one line, printed once by rank 0, before any work and
 before anything is written). Any other failure raises; the CLI turns it into ``MPI_Abort``.
+torch and the rest of the runtime are imported only once rank 0's checks passed, so a bad
+config or output path costs well under a second per rank.
 """
 
 from __future__ import annotations
@@ -11,27 +13,10 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-import torch
 from mpi4py import MPI
 
 from fedkd_mpi.comm.mpi import bcast_bytes, gather_text
 from fedkd_mpi.config import Config, ConfigError, config_from_yaml_text, load_config
-from fedkd_mpi.data import load_federated
-from fedkd_mpi.data.rotten_tomatoes import DataError
-from fedkd_mpi.runtime.checkpoint import (
-    check_resumable,
-    checkpoint_dir,
-    client_file,
-    read_manifest,
-)
-from fedkd_mpi.runtime.devices import node_info, select_device
-from fedkd_mpi.runtime.run import (
-    client_ids_of,
-    clients_per_rank,
-    fedkd_attrs,
-    memory_budget_error,
-    run,
-)
 
 
 def static_checks(cfg: Config, world_size: int, overwrite: bool) -> None:
@@ -76,6 +61,8 @@ def check_output(output: str, overwrite: bool) -> None:
 def checkpoint_files_error(cfg: Config, rank: int, cids: list[int]) -> str:
     """``--resume``, every rank: '' when the checkpoint files this rank will read exist and are
     intact (zip CRCs of the torch.save archives), else a one-line error."""
+    from fedkd_mpi.runtime.checkpoint import checkpoint_dir, client_file, read_manifest
+
     root = checkpoint_dir(cfg)
     man = read_manifest(root)
     if man is None:
@@ -124,6 +111,8 @@ def launch(config_path: str | None, overrides: list[str], overwrite: bool,
             cfg = load_config(config_path, overrides)
             static_checks(cfg, comm.Get_size(), overwrite or resume)
             if resume:
+                from fedkd_mpi.runtime.checkpoint import check_resumable
+
                 check_resumable(cfg, comm.Get_size())
         except ConfigError as exc:
             error = str(exc)
@@ -134,6 +123,19 @@ def launch(config_path: str | None, overrides: list[str], overwrite: bool,
             print(text[1:], file=sys.stderr, flush=True)
         return 2
     cfg = config_from_yaml_text(text[1:])
+    import torch
+
+    from fedkd_mpi.data import load_federated
+    from fedkd_mpi.data.rotten_tomatoes import DataError
+    from fedkd_mpi.runtime.devices import node_info, select_device
+    from fedkd_mpi.runtime.run import (
+        client_ids_of,
+        clients_per_rank,
+        fedkd_attrs,
+        memory_budget_error,
+        run,
+    )
+
     torch.set_num_threads(cfg.runtime.torch_threads)
     device, error = select_device(cfg.runtime, comm)
     node = node_info(comm)
