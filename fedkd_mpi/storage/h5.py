@@ -119,6 +119,8 @@ class RunWriter:
             for k, v in (attrs or {}).items():
                 dst.attrs[k] = _attr(v)
             dst.attrs["status"] = "running"
+            if "error" in dst.attrs:  # the failure that ended the previous attempt
+                del dst.attrs["error"]
         tmp.replace(path)
         self = cls.__new__(cls)
         self.path = path
