@@ -66,6 +66,7 @@ def test_label_histogram_counts():
 @pytest.mark.parametrize("kind", partition.KINDS)
 def test_load_federated_every_partition_records_sizes_and_histograms(kind):
     cfg = DataConfig(num_clients=4, max_samples=400, max_len=8, vocab_size=128, partition=kind,
+                     tokenizer="hash",
                      dirichlet_alpha=0.5, shards_per_client=2)
     fed = load_federated(cfg, 0, [0, 1, 2, 3])
     assert fed.label_hist.shape == (4, 2)
@@ -75,6 +76,7 @@ def test_load_federated_every_partition_records_sizes_and_histograms(kind):
 
 
 def test_unknown_natural_key_is_a_data_error():
-    cfg = DataConfig(num_clients=2, max_samples=100, partition="natural", natural_key="nope")
+    cfg = DataConfig(num_clients=2, max_samples=100, partition="natural", natural_key="nope",
+                     tokenizer="hash")
     with pytest.raises(DataError, match=r"data\.natural_key"):
         load_federated(cfg, 0, [0])
