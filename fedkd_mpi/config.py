@@ -191,6 +191,14 @@ class Config(_Strict):
     runtime: RuntimeConfig = RuntimeConfig()
 
     @model_validator(mode="after")
+    def _sampling_fits(self) -> Config:
+        n = self.train.sample_count
+        if n is not None and n > self.data.num_clients:
+            raise ValueError(f"train.sample_count ({n}) must be <= data.num_clients "
+                             f"({self.data.num_clients})")
+        return self
+
+    @model_validator(mode="after")
     def _task_and_model(self) -> Config:
         d, m = self.data, self.model
         if (d.name == "fashion_mnist") != (m.kind == "cnn"):

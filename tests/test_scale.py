@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from fedkd_mpi.config import Config, ConfigError
+from fedkd_mpi.config import Config, ConfigError, config_from_dict
 from fedkd_mpi.data import ClientData
 from fedkd_mpi.runtime import checkpoint, sampling
 from fedkd_mpi.runtime.client import Client
@@ -34,6 +34,11 @@ def test_sampling_is_a_deterministic_function_of_seed_and_round():
     assert sampling.participants(20, 3, 7, fraction=0.9, count=3).sum() == 3  # count wins
     assert sampling.participants(5, 0, 0).all()  # default: everyone
     assert sampling.num_sampled(10, 0.01) == 1 and sampling.num_sampled(4, 1.0, 9) == 4
+
+
+def test_sample_count_above_num_clients_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"train\.sample_count \(9\) must be <= "):
+        config_from_dict({"data": {"num_clients": 3}, "train": {"sample_count": 9}})
 
 
 def test_aggregation_weights_over_participants_only():
