@@ -40,10 +40,14 @@ def update_matrix(p: int, q: int, alpha: float, seed: int) -> torch.Tensor:
     return (u * s) @ v.T + noise
 
 
+CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = CLOCK["wall"]
+
+
 def timed(fn, *args):
-    t = time.perf_counter()
+    t = clock()
     out = fn(*args)
-    return time.perf_counter() - t, out
+    return clock() - t, out
 
 
 def kept(a: torch.Tensor, f) -> float:
@@ -72,8 +76,14 @@ def bench_encode(shapes, alphas, thresholds, reps: int) -> None:
     for alpha in alphas:
         for p, q in shapes:
             a = update_matrix(p, q, alpha, p * 7 + q)
+            s = torch.linalg.svdvals(a.double())
+            e = torch.cumsum(s**2, 0) / (s**2).sum()
+            print(f"alpha={alpha} {p}x{q}: energy share of the top 10 % / 25 % of the rank: "
+                  f"{float(e[max(1, len(e) // 10) - 1]):.3f} / "
+                  f"{float(e[max(1, len(e) // 4) - 1]):.3f}")
             for t in thresholds:
-                times: dict[str, list[float]] = {m: [] for m in ("full", "gram", "randomized")}
+                times: dict[str, list[float]] = {m: [] for m in ("full", "gram", "randomized",
+                                                                 "auto")}
                 res = {}
                 for _ in range(reps if min(p, q) >= 256 else 7 * reps):
                     for m in times:
@@ -148,10 +158,16 @@ def main() -> None:
     ap.add_argument("--k-frac", type=float, nargs="*", default=[0.08, 0.25],
                     help="server: also clients sending K = frac * min(P, Q) (the quickstart's "
                     "64x64 uploads have K/64 = 0.08 at T=0.4 to 0.25 at T=0.7)")
+    ap.add_argument("--clock", choices=list(CLOCK), default="wall",
+                    help="cpu: this process's CPU time (one torch thread), which leaves out "
+                    "the time the process waits for a core on a loaded machine")
     a = ap.parse_args()
+    global clock
+    clock = CLOCK[a.clock]
     torch.set_num_threads(1)
     shapes = [tuple(int(x) for x in s.split("x")) for s in a.shapes]
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device cpu")
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device cpu, "
+          f"clock {a.clock}")
     factorize([update_matrix(64, 64, 1.0, 0)], 0.9, "full")  # warm-up (library init)
     factorize([update_matrix(64, 64, 1.0, 0)], 0.9, "gram")
     if a.skip != "encode":

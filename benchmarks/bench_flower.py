@@ -170,13 +170,24 @@ def flower_subprocess(a: argparse.Namespace) -> dict:
     if not FLOWER_PY.exists():
         subprocess.run([str(ROOT / "benchmarks" / "setup_flower.sh")], check=True)
     cmd = [str(FLOWER_PY), __file__, "--worker", *sys.argv[1:]]
-    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
-                         env={**os.environ, "OMP_NUM_THREADS": "1", "RAY_DEDUP_LOGS": "0",
-                              "RAY_agent_register_timeout_ms": "300000"})
-    lines = [x for x in res.stdout.splitlines() if x.startswith("FLOWER_RESULT ")]
-    if res.returncode != 0 or not lines:
-        return dict(error=(res.stderr or res.stdout)[-3000:], returncode=res.returncode)
-    return json.loads(lines[-1][len("FLOWER_RESULT "):])
+    # On a loaded machine Ray's raylet can give up waiting for its (Python) metrics agent to
+    # start ("Timed out waiting for file .../metrics_agent_port_..."): wait longer, retry once.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_DEDUP_LOGS": "0",
+           "RAY_agent_register_timeout_ms": "600000", "RAY_raylet_start_wait_time_s": "600"}
+    err = {}
+    for _ in range(2):
+        try:
+            res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env,
+                                 timeout=a.flower_timeout)
+        except subprocess.TimeoutExpired as exc:
+            err = dict(error=f"timed out after {a.flower_timeout} s:\n"
+                       f"{(exc.stderr or b'')[-3000:]!r}", returncode=-1)
+            continue
+        lines = [x for x in res.stdout.splitlines() if x.startswith("FLOWER_RESULT ")]
+        if res.returncode == 0 and lines:
+            return json.loads(lines[-1][len("FLOWER_RESULT "):])
+        err = dict(error=(res.stderr or res.stdout)[-3000:], returncode=res.returncode)
+    return err
 
 
 def main() -> None:
@@ -188,6 +199,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--flower-cpus", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--flower-timeout", type=float, default=1200.0)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
