@@ -247,6 +247,10 @@ def test_version_2_and_extra_metrics_are_discovered(runs, tmp_path, capsys):
     rc, out, _ = _cli(capsys, "compare", str(path), "--metric", "mentee_auroc", "--target",
                       "0.6")
     assert rc == 0 and "0.6250" in out
+    with h5py.File(path, "r+") as f:  # a failed run names its cause (root attr error)
+        f.attrs["status"], f.attrs["error"] = "failed", "NonFiniteError: client 1, round 2"
+    note = load(path).summary.status_note
+    assert note == "failed after 2 completed rounds: NonFiniteError: client 1, round 2"
 
 
 @pytest.mark.parametrize("kind", ["text", "no_version", "version_99", "missing"])

@@ -326,14 +326,15 @@ def _metric_names(attrs: dict[str, Any], rounds: pd.DataFrame) -> list[str]:
 
 
 def _status_note(path: Path, status: str, rounds: pd.DataFrame, planned: int | None,
-                 created: float | None) -> tuple[str, bool]:
+                 created: float | None, error: str | None = None) -> tuple[str, bool]:
     done = len(rounds)
     if status == "completed":
         if planned is not None and done < planned:
             return f"completed after {done} of {planned} rounds", True
         return "completed", True
     if status == "failed":
-        return f"failed (an exception stopped the job after {done} completed rounds)", False
+        why = f": {error}" if error else ""
+        return f"failed after {done} completed rounds{why}", False
     if status == "interrupted":
         return f"interrupted (stopped on a signal after {done} rounds; resumable)", False
     if status != "running":
@@ -363,7 +364,8 @@ def _summary(path: Path, version: int, attrs: dict[str, Any], config: dict[str, 
     status = str(attrs.get("status", "unknown"))
     created = attrs.get("created_unix")
     note, complete = _status_note(path, status, rounds, planned,
-                                  float(created) if created is not None else None)
+                                  float(created) if created is not None else None,
+                                  str(attrs["error"]) if attrs.get("error") else None)
     names = _metric_names(attrs, rounds)
     final: dict[str, float] = {}
     for m in MODELS:
