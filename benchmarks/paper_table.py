@@ -148,6 +148,28 @@ def table(seeds: list[int]) -> str:
     return "\n".join(lines)
 
 
+def _model_metric(key: str, seed: int, metric: str) -> float:
+    """The row's own model: the mentee for mentee-only FedAvg, else the mentor."""
+    role = "mentee" if key == "fedavg_mentee" else "mentor"
+    return summarise(h5_path(key, seed)).get(f"{role}_{metric}", np.nan)
+
+
+def paired(seeds: list[int], a: str = "fedkd2",
+           others: tuple[str, ...] = ("centralized", "local", "fedavg_mentee", "fedavg_mentor")
+           ) -> str:
+    """Per-seed differences (points) of ``a``'s mentor against other rows' models, on the
+    seeds where both finished (same held-out set per seed)."""
+    lines = [f"| {a} mentor minus | seeds | Δ F1 (pts) | Δ accuracy (pts) |", "|---|---|---|---|"]
+    for b in others:
+        both = [s for s in seeds if completed(h5_path(a, s)) and completed(h5_path(b, s))]
+        d = {m: [100 * (_model_metric(a, s, m) - _model_metric(b, s, m)) for s in both]
+             for m in ("f1", "accuracy")}
+        cell = {m: "–" if not v else f"{np.mean(v):+.1f} ({', '.join(f'{x:+.1f}' for x in v)})"
+                for m, v in d.items()}
+        lines.append(f"| {b} | {len(both)} | {cell['f1']} | {cell['accuracy']} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -162,6 +184,10 @@ def main() -> None:
     if a.cmd == "run":
         run_all(a.seeds, a.only, a.overrides, a.jobs)
     print(table(a.seeds))
+    print()
+    for key in ("fedkd2", "fedkd3"):
+        print(paired(a.seeds, key))
+        print()
 
 
 if __name__ == "__main__":
