@@ -185,7 +185,7 @@ def main() -> None:
         run_all(a.seeds, a.only, a.overrides, a.jobs)
     print(table(a.seeds))
     print()
-    for key in ("fedkd2", "fedkd3"):
+    for key in ("fedkd2", "fedkd3", "fedkd2_nomh"):
         print(paired(a.seeds, key))
         print()
 
