@@ -131,7 +131,7 @@ def _features(corpus, idx: np.ndarray, cfg: DataConfig) -> torch.Tensor:
     if images is not None:
         return torch.from_numpy(np.ascontiguousarray(images[idx]))
     texts = [corpus.texts[i] for i in idx]
-    if cfg.tokenizer == "hash":
+    if cfg.tokenizer in ("hash", "auto"):  # unresolved auto (no model section): hash
         return torch.from_numpy(tokenize(texts, cfg.max_len, cfg.vocab_size))
     from fedkd_mpi.models.hf import PretrainedError, tokenizer_file
 
