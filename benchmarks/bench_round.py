@@ -8,6 +8,7 @@ Bcast), and the codec + comm share of the round. ``--compare`` also runs the cod
 ``svd_method=full server_path=dense`` and reports whether metrics and ranks changed.
 
     nice -n 10 .venv/bin/python benchmarks/bench_round.py --rounds 3 --compare
+    .venv/bin/python benchmarks/bench_round.py --from-h5 runs/paper/fedkd2_s0.h5   # existing runs
 """
 
 from __future__ import annotations
@@ -69,8 +70,14 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--compare", action="store_true",
                     help="also run svd_method=full server_path=dense and compare")
+    ap.add_argument("--from-h5", nargs="+", type=Path, metavar="RUN.h5",
+                    help="no job: break down existing run files (e.g. runs/paper/*.h5)")
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args()
+    if a.from_h5:
+        for path in a.from_h5:
+            show(str(path), breakdown(path))
+        return
     variants = {"default (svd_method=auto, server_path=auto)": []}
     if a.compare:
         variants["svd_method=full, server_path=dense"] = ["fedkd.svd_method=full",
