@@ -21,6 +21,10 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("config", help="YAML file (configs/*.yaml)")
         s.add_argument("overrides", nargs="*", metavar="key=value",
                        help="dotted overrides, e.g. train.rounds=3 fedkd.t_start=0.9")
+        if name == "validate":
+            s.add_argument("--resume-state", action="store_true",
+                           help="print only 'resume' (output file + checkpoint exist) or 'new' "
+                           "(used by jobs/slurm_*.sh)")
         if name == "run":
             s.add_argument("--overwrite", action="store_true",
                            help="replace an existing output file")
@@ -43,14 +47,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(bad)}")
     args.overrides = [*args.overrides, *extra]  # key=value given after --overwrite
     if args.command == "validate":
-        from fedkd_mpi.config import ConfigError, load_config
+        from fedkd_mpi.config import ConfigError, load_config, resume_state
 
         try:
             cfg = load_config(args.config, args.overrides)
         except ConfigError as exc:
             print(exc, file=sys.stderr)
             return 2
-        print(cfg.to_yaml(), end="")
+        print(resume_state(cfg) if args.resume_state else cfg.to_yaml().rstrip("\n"))
         return 0
     return _run(args)
 

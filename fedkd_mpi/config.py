@@ -229,6 +229,21 @@ class Config(_Strict):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
+#: the file that makes a checkpoint directory usable (written last, see runtime/checkpoint.py)
+CHECKPOINT_MANIFEST = "manifest.json"
+
+
+def checkpoint_dir(cfg: Config) -> Path:
+    """Where this run's checkpoints live (``runtime.checkpoint_dir``, default <output>.ckpt)."""
+    return Path(cfg.runtime.checkpoint_dir or f"{cfg.output}.ckpt")
+
+
+def resume_state(cfg: Config) -> str:
+    """'resume' when the output file and a checkpoint manifest exist, else 'new' (no MPI)."""
+    ready = Path(cfg.output).is_file() and (checkpoint_dir(cfg) / CHECKPOINT_MANIFEST).is_file()
+    return "resume" if ready else "new"
+
+
 def _format_error(err: ValidationError) -> str:
     e = err.errors()[0]
     loc = ".".join(str(p) for p in e["loc"])

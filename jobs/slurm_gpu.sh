@@ -46,12 +46,7 @@ cd "${SLURM_SUBMIT_DIR:-$(dirname "$0")/..}"
 export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1} MKL_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}
 cfg_args=()
 for a in "$@"; do case $a in --*) ;; *) cfg_args+=("$a") ;; esac; done
-state=$(.venv/bin/fedkd-mpi validate "${cfg_args[@]}" | .venv/bin/python -c '
-import os, sys, yaml
-c = yaml.safe_load(sys.stdin)
-ck = c["runtime"]["checkpoint_dir"] or c["output"] + ".ckpt"
-print("resume" if os.path.isfile(c["output"]) and os.path.isfile(ck + "/manifest.json")
-      else "new")') || exit 2
+state=$(.venv/bin/fedkd-mpi validate --resume-state "${cfg_args[@]}") || exit 2
 extra=()
 [ "$state" = resume ] && extra=(--resume)
 echo "fedkd-mpi job ${SLURM_JOB_ID:-local}: ${SLURM_NTASKS:-?} tasks, $state run: $*"

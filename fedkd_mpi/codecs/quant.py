@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from fedkd_mpi.codecs.svd import Encoded, TensorSpec
+from fedkd_mpi.codecs.svd import Encoded, TensorSpec, checked_body_bytes
 
 BITS = (8, 16)
 PARAM_BYTES = 8  # scale + zero point, float32 each
@@ -85,10 +85,7 @@ def encode(tensors: Sequence[torch.Tensor], specs: Sequence[TensorSpec], bits: i
 def decode(enc: Encoded, specs: Sequence[TensorSpec],
            device: torch.device | str = "cpu") -> list[torch.Tensor]:
     """Rebuild float32 tensors ``lo + code * scale``."""
-    body = np.ascontiguousarray(enc.body).view(np.uint8).reshape(-1)
-    need = body_nbytes(specs)(enc.ranks)
-    if body.size != need:
-        raise ValueError(f"payload holds {body.size} bytes, meta requires {need}")
+    body = checked_body_bytes(enc, body_nbytes(specs))
     out, pos = [], 0
     for bits, spec in zip(enc.ranks.tolist(), specs, strict=True):
         scale, lo = np.frombuffer(body[pos : pos + PARAM_BYTES].tobytes(), dtype="<f4")

@@ -117,6 +117,15 @@ def encode(
     return Encoded(ranks, body)
 
 
+def checked_body_bytes(enc: Encoded, size_rule) -> np.ndarray:
+    """``enc.body`` as flat uint8, after checking its length against ``size_rule(meta)``."""
+    body = np.ascontiguousarray(enc.body).view(np.uint8).reshape(-1)
+    need = size_rule(enc.ranks)
+    if body.size != need:
+        raise ValueError(f"payload holds {body.size} bytes, meta requires {need}")
+    return body
+
+
 def payload_floats(ranks: np.ndarray, specs: Sequence[TensorSpec]) -> int:
     """float32 values a body must hold for these ranks (the byte formula of §5.6, / 4)."""
     return sum(spec.floats(int(k)) for k, spec in zip(ranks, specs, strict=True))

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from fedkd_mpi.codecs.svd import Encoded, TensorSpec
+from fedkd_mpi.codecs.svd import Encoded, TensorSpec, checked_body_bytes
 
 ENTRY_BYTES = 8  # float32 value + int32 index
 
@@ -79,10 +79,7 @@ def encode(tensors: Sequence[torch.Tensor], specs: Sequence[TensorSpec], ratio: 
 def decode(enc: Encoded, specs: Sequence[TensorSpec],
            device: torch.device | str = "cpu") -> list[torch.Tensor]:
     """Scatter the values into zero tensors (float32, original shapes)."""
-    body = np.ascontiguousarray(enc.body).view(np.uint8).reshape(-1)
-    need = body_nbytes(specs)(enc.ranks)
-    if body.size != need:
-        raise ValueError(f"payload holds {body.size} bytes, meta requires {need}")
+    body = checked_body_bytes(enc, body_nbytes(specs))
     out, pos = [], 0
     for k, spec in zip(enc.ranks.tolist(), specs, strict=True):
         vals = np.frombuffer(body[pos : pos + 4 * k].tobytes(), dtype="<f4")

@@ -30,19 +30,15 @@ import yaml
 from mpi4py import MPI
 
 from fedkd_mpi.comm.mpi import wait
-from fedkd_mpi.config import Config, ConfigError
+from fedkd_mpi.config import CHECKPOINT_MANIFEST as MANIFEST
+from fedkd_mpi.config import Config, ConfigError, checkpoint_dir
 from fedkd_mpi.runtime.residency import atomic_save, load_tree
 
-MANIFEST = "manifest.json"
 FORMAT = 1
 #: exit status of a run that checkpointed on a signal and stopped (resume with --resume)
 EXIT_INTERRUPTED = 3
 #: config sections that may differ on resume (they do not change the results)
 FREE_KEYS = ("output", "runtime")
-
-
-def checkpoint_dir(cfg: Config) -> Path:
-    return Path(cfg.runtime.checkpoint_dir or f"{cfg.output}.ckpt")
 
 
 def client_file(round_dir: Path, cid: int) -> Path:
