@@ -8,7 +8,7 @@ It never touches MPI: the runtime moves the bytes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -21,6 +21,26 @@ from fedkd_mpi.codecs.linalg import server_average
 from fedkd_mpi.codecs.svd import Encoded, SVDCodecState, TensorSpec, decode, encode
 from fedkd_mpi.config import Config, TransformerSpec
 from fedkd_mpi.models import EncoderOutput, layer_map
+
+Decoder = Callable[[Encoded, Sequence[TensorSpec]], list[torch.Tensor]]
+
+
+def weighted_mean(updates: Sequence[Encoded], weights: np.ndarray, specs: Sequence[TensorSpec],
+                  dec: Decoder) -> list[torch.Tensor]:
+    """Decode every update and average in float64, in client order; float32 result."""
+    w = np.asarray(weights, dtype=np.float64)
+    w = w / w.sum()
+    acc: list[torch.Tensor] | None = None
+    for wi, upd in zip(w.tolist(), updates, strict=True):
+        ts = dec(upd, specs)
+        if acc is None:
+            acc = [wi * t.to(torch.float64) for t in ts]
+        else:
+            for a, t in zip(acc, ts, strict=True):
+                a.add_(t.to(torch.float64), alpha=wi)
+    if acc is None:  # nobody sent an update: an all-zero average
+        return [torch.zeros(s.shape) for s in specs]
+    return [a.to(torch.float32) for a in acc]
 
 
 class Algorithm:
@@ -93,17 +113,8 @@ class Algorithm:
         if thr is not None and fk.server_path != "dense":  # factored average (codecs/linalg.py)
             dense, facts = server_average(updates, w, self.specs, thr, fk.server_path)
             return encode(dense, self.specs, thr, method=fk.svd_method, factors=facts)
-        acc: list[torch.Tensor] | None = None
-        for wi, upd in zip(w.tolist(), updates, strict=True):
-            tensors = decode(upd, self.specs)
-            if acc is None:
-                acc = [wi * t.to(torch.float64) for t in tensors]
-            else:
-                for a, t in zip(acc, tensors, strict=True):
-                    a.add_(t.to(torch.float64), alpha=wi)
-        assert acc is not None
-        return encode([a.to(torch.float32) for a in acc], self.specs, self.threshold(rnd),
-                      method=self.cfg.fedkd.svd_method)
+        return encode(weighted_mean(updates, weights, self.specs, decode), self.specs, thr,
+                      method=fk.svd_method)
 
     def client_decode(self, enc: Encoded, device: torch.device | str = "cpu") -> list[torch.Tensor]:
         """The broadcast message as ``wire_specs`` tensors (identical on every rank)."""
@@ -233,8 +244,6 @@ class FedKD(Algorithm):
     def server_aggregate(self, updates, weights, rnd):
         if not self.extended:
             return super().server_aggregate(updates, weights, rnd)
-        from fedkd_mpi.algorithms.baselines import weighted_mean
-
         mean = weighted_mean(updates, weights, self.specs, decode)
         return self._ext_encode(mean, rnd, self.server_state)
 

@@ -18,40 +18,20 @@ Every algorithm owns both ends of its payload (``client_encode`` / ``server_aggr
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from fedkd_mpi.algorithms.base import Algorithm
+from fedkd_mpi.algorithms.base import Algorithm, weighted_mean
 from fedkd_mpi.codecs import powersgd, quant, topk
 from fedkd_mpi.codecs.svd import Encoded, TensorSpec, decode, encode
 from fedkd_mpi.config import Config
 from fedkd_mpi.seeding import torch_seed
 
-Decoder = Callable[[Encoded, Sequence[TensorSpec]], list[torch.Tensor]]
-
-
-def weighted_mean(updates: Sequence[Encoded], weights: np.ndarray, specs: Sequence[TensorSpec],
-                  dec: Decoder) -> list[torch.Tensor]:
-    """Decode every update and average in float64, in client order; float32 result."""
-    w = np.asarray(weights, dtype=np.float64)
-    w = w / w.sum()
-    acc: list[torch.Tensor] | None = None
-    for wi, upd in zip(w.tolist(), updates, strict=True):
-        ts = dec(upd, specs)
-        if acc is None:
-            acc = [wi * t.to(torch.float64) for t in ts]
-        else:
-            for a, t in zip(acc, ts, strict=True):
-                a.add_(t.to(torch.float64), alpha=wi)
-    if acc is None:  # nobody sent an update: an all-zero average
-        return [torch.zeros(s.shape) for s in specs]
-    return [a.to(torch.float32) for a in acc]
-
 
 class _CompressedFedAvg(Algorithm):
-    """FedAvg of ``fedavg.model`` with a compressed payload (subclasses pick the codec)."""
+    """FedAvg of ``fedavg.model`` with its own payload (subclasses define it)."""
 
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)
@@ -61,14 +41,36 @@ class _CompressedFedAvg(Algorithm):
         return None
 
 
-class FedPAQ(_CompressedFedAvg):
+class _CodecFedAvg(_CompressedFedAvg):
+    """A payload made by a ``codec`` module (``body_nbytes``, ``decode``) and ``_encode(ts,
+    state)``: the client encodes with its own state, the server re-encodes the weighted mean
+    with ``server_state``."""
+
+    codec = None
+
+    def wire_body_nbytes(self):
+        return self.codec.body_nbytes(self.specs)
+
+    def _encode(self, ts, state: dict[str, torch.Tensor]) -> Encoded:
+        raise NotImplementedError
+
+    def client_encode(self, delta, rnd, state):
+        return self._encode(delta, state)
+
+    def server_aggregate(self, updates, weights, rnd):
+        mean = weighted_mean(updates, weights, self.specs, self.codec.decode)
+        return self._encode(mean, self.server_state)
+
+    def client_decode(self, enc, device="cpu"):
+        return self.codec.decode(enc, self.specs, device)
+
+
+class FedPAQ(_CodecFedAvg):
     """Quantised deltas: ``fedpaq.bits`` per value plus a float32 scale and zero point."""
 
     name = "fedpaq"
+    codec = quant
     wire_dtype = np.dtype(np.uint8)
-
-    def wire_body_nbytes(self):
-        return quant.body_nbytes(self.specs)
 
     def client_encode(self, delta, rnd, state):
         c = self.cfg.fedpaq
@@ -76,12 +78,8 @@ class FedPAQ(_CompressedFedAvg):
             torch_seed(self.cfg.seed, "quant", rnd, int(state["client_id"])))
         return quant.encode(delta, self.specs, c.bits, c.rounding, gen)
 
-    def server_aggregate(self, updates, weights, rnd):
-        mean = weighted_mean(updates, weights, self.specs, quant.decode)
-        return quant.encode(mean, self.specs, self.cfg.fedpaq.bits, "nearest")
-
-    def client_decode(self, enc, device="cpu"):
-        return quant.decode(enc, self.specs, device)
+    def _encode(self, ts, state: dict[str, torch.Tensor]) -> Encoded:  # server: deterministic
+        return quant.encode(ts, self.specs, self.cfg.fedpaq.bits, "nearest")
 
 
 def _get(state: dict[str, torch.Tensor], prefix: str, n: int) -> list[torch.Tensor] | None:
@@ -95,14 +93,12 @@ def _put(state: dict[str, torch.Tensor], prefix: str, ts: Sequence[torch.Tensor]
         state[f"{prefix}/{i}"] = t
 
 
-class TopK(_CompressedFedAvg):
+class TopK(_CodecFedAvg):
     """Top-k sparsified deltas with error feedback on both ends (``topk.ratio``)."""
 
     name = "topk"
+    codec = topk
     wire_dtype = np.dtype(np.uint8)
-
-    def wire_body_nbytes(self):
-        return topk.body_nbytes(self.specs)
 
     def _encode(self, ts, state: dict[str, torch.Tensor]) -> Encoded:
         c = self.cfg.topk
@@ -112,39 +108,19 @@ class TopK(_CompressedFedAvg):
             _put(state, "topk_res", new_res)
         return enc
 
-    def client_encode(self, delta, rnd, state):
-        return self._encode(delta, state)
-
-    def server_aggregate(self, updates, weights, rnd):
-        mean = weighted_mean(updates, weights, self.specs, topk.decode)
-        return self._encode(mean, self.server_state)
-
-    def client_decode(self, enc, device="cpu"):
-        return topk.decode(enc, self.specs, device)
 
 
-class PowerSGD(_CompressedFedAvg):
+class PowerSGD(_CodecFedAvg):
     """Rank-``powersgd.rank`` deltas: one warm-started power iteration, error feedback."""
 
     name = "powersgd"
-
-    def wire_body_nbytes(self):
-        return powersgd.body_nbytes(self.specs)
+    codec = powersgd
 
     def _encode(self, ts, state: dict[str, torch.Tensor]) -> Encoded:
         c = self.cfg.powersgd
         gen = torch.Generator().manual_seed(torch_seed(self.cfg.seed, "powersgd"))
         return powersgd.encode(ts, self.specs, c.rank, state, gen, c.error_feedback)
 
-    def client_encode(self, delta, rnd, state):
-        return self._encode(delta, state)
-
-    def server_aggregate(self, updates, weights, rnd):
-        mean = weighted_mean(updates, weights, self.specs, powersgd.decode)
-        return self._encode(mean, self.server_state)
-
-    def client_decode(self, enc, device="cpu"):
-        return powersgd.decode(enc, self.specs, device)
 
 
 class Scaffold(_CompressedFedAvg):
