@@ -40,7 +40,7 @@ CONFIGS = [
      "UniLM (Fed): F 60.6±0.4, 1.37 GB (1.0×)"),
     ("fedavg_mentee", "fedavg_mentee.yaml", 4, "MiniLM-2: FedAvg of the 2-layer mentee",
      "UniLM_2: F 56.3±0.6, 0.24 GB (5.7×)"),
-    ("fedavg_mentee3", "fedavg_mentee.yaml", 4, "MiniLM-3: FedAvg of the 3-layer mentee",
+    ("fedavg_mentee3", "fedavg_mentee3.yaml", 4, "MiniLM-3: FedAvg of the 3-layer mentee",
      "UniLM_4: F 58.2±0.5, 0.46 GB (3.0×)"),
     ("fedkd3", "fedkd3.yaml", 4, "FedKD_3: 6-layer mentor, 3-layer mentee",
      "FedKD_4: F 60.7±0.5, 0.12 GB (11.4×)"),
@@ -56,8 +56,7 @@ OPTIONAL = [
 ]
 RUN_ORDER = ["fedkd3", "centralized", "local", "fedkd2", "fedavg_mentor", "fedavg_mentee",
              "fedavg_mentee3"]
-OVERRIDES = {"fedavg_mentee3": ["model.mentee.layers=3"],
-             "fedkd2_mh": ["fedkd.mentor_hidden_loss=true"],
+OVERRIDES = {"fedkd2_mh": ["fedkd.mentor_hidden_loss=true"],
              "fedkd2_paperT": ["fedkd.t_start=0.95", "fedkd.t_end=0.98"]}
 
 

@@ -64,3 +64,27 @@ def test_validate_command_exit_code_and_single_line():
     ok = subprocess.run([str(FEDKD), "validate", str(ROOT / "configs/quickstart.yaml")],
                         capture_output=True, text=True)
     assert ok.returncode == 0 and "algorithm: fedkd" in ok.stdout
+
+
+@pytest.mark.parametrize("path", sorted(p for p in (ROOT / "configs").rglob("*.yaml")
+                                         if p.parent.name != "suites"),  # suites: a run list
+                         ids=lambda p: str(p.relative_to(ROOT / "configs")))
+def test_every_shipped_config_validates(path):
+    load_config(path)
+
+
+def test_paper_table_rows_share_data_and_budget():
+    """The Table-1 rows differ only in method and model: same data, rounds, steps, lrs."""
+    rows = ["centralized", "local", "fedavg_mentor", "fedavg_mentee", "fedavg_mentee3", "fedkd2",
+            "fedkd3"]
+    cfgs = {r: load_config(ROOT / "configs" / "paper" / f"{r}.yaml") for r in rows}
+    ref = cfgs["fedkd2"]
+    for name, c in cfgs.items():
+        assert c.train == ref.train, name
+        assert c.model.pretrained == ref.model.pretrained and c.model.mentor == ref.model.mentor
+        data = c.data.model_dump(exclude={"num_clients"})
+        assert data == ref.data.model_dump(exclude={"num_clients"}), name
+        assert c.data.num_clients == (1 if name == "centralized" else 3), name
+    assert cfgs["fedkd3"].model.mentee == cfgs["fedavg_mentee3"].model.mentee
+    assert cfgs["fedkd2"].model.mentee == cfgs["fedavg_mentee"].model.mentee
+    assert cfgs["fedkd2"].fedkd == cfgs["fedkd3"].fedkd
