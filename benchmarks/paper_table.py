@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import cache
 from pathlib import Path
 
 import h5py
@@ -72,23 +73,21 @@ def completed(path: Path) -> bool:
         return False
 
 
-RANKS: int | None = None  # --ranks: cap on MPI ranks per run (results do not depend on it)
-
-
-def command(key: str, seed: int, extra: list[str]) -> list[str]:
+def command(key: str, seed: int, extra: list[str], ranks: int | None = None) -> list[str]:
+    """The run's mpiexec line; ``ranks`` caps the rank count (metrics do not depend on it)."""
     cfg = next(c for c in CONFIGS + OPTIONAL if c[0] == key)
-    n = cfg[2] if RANKS is None else min(cfg[2], RANKS)
+    n = cfg[2] if ranks is None else min(cfg[2], ranks)
     return [str(BIN / "mpiexec"), "-n", str(n), str(BIN / "fedkd-mpi"), "run",
             f"configs/paper/{cfg[1]}", f"seed={seed}", f"output={h5_path(key, seed)}",
             *OVERRIDES.get(key, []), *extra, "--overwrite"]
 
 
-def _one(key: str, seed: int, extra: list[str]) -> None:
+def _one(key: str, seed: int, extra: list[str], ranks: int | None) -> None:
     out = h5_path(key, seed)
     if completed(out):
         print(f"skip {out.name} (completed)", flush=True)
         return
-    cmd = command(key, seed, extra)
+    cmd = command(key, seed, extra, ranks)
     print(f"{time.strftime('%H:%M:%S')} start {' '.join(cmd)}", flush=True)
     t = time.time()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -98,13 +97,15 @@ def _one(key: str, seed: int, extra: list[str]) -> None:
           flush=True)
 
 
-def run_all(seeds: list[int], keys: list[str], extra: list[str], jobs: int = 1) -> None:
+def run_all(seeds: list[int], keys: list[str], extra: list[str], jobs: int = 1,
+            ranks: int | None = None) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        for f in [pool.submit(_one, key, seed, extra) for seed in seeds for key in keys]:
+        for f in [pool.submit(_one, key, seed, extra, ranks) for seed in seeds for key in keys]:
             f.result()
 
 
+@cache  # table() and paired() read the same finished files
 def summarise(path: Path) -> dict[str, float]:
     """Last-round means over clients and MB (up + down) per client over the whole run."""
     with h5py.File(path, "r") as f:
@@ -194,9 +195,7 @@ def main() -> None:
     t.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     a = ap.parse_args()
     if a.cmd == "run":
-        global RANKS
-        RANKS = a.ranks
-        run_all(a.seeds, a.only, a.overrides, a.jobs)
+        run_all(a.seeds, a.only, a.overrides, a.jobs, a.ranks)
     print(table(a.seeds))
     print()
     for key, ref in (("fedkd3", "fedavg_mentee3"), ("fedkd2", "fedavg_mentee"),
