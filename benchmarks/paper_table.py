@@ -9,8 +9,10 @@ is rerun with --overwrite. Runs go seed by seed (every config for seed 0 first),
 time (default 1), each under ``mpiexec`` with OMP_NUM_THREADS=1; logs in
 runs/paper/<config>_s<seed>.log. Optional rows run only when named with --only: ``fedkd2_mh``
 (Eq. 5 as printed: the hidden/attention terms also train the mentor; the main FedKD rows train
-the mentee and W^h only with them) and
-``fedkd2_paperT`` (FedKD_2 at the paper's T = 0.95 -> 0.98: the accuracy cost of the lower T).
+the mentee and W^h only with them),
+``fedkd2_paperT`` (FedKD_2 at the paper's T = 0.95 -> 0.98: the accuracy cost of the lower T),
+``centralized_mentee3`` / ``centralized_mentee2`` (the mentee trained on all data on one client:
+the best a shared mentee could carry to the mentors).
 """
 
 from __future__ import annotations
@@ -54,10 +56,18 @@ OPTIONAL = [
      "(ablation: fedkd.mentor_hidden_loss=true)"),
     ("fedkd2_paperT", "fedkd2.yaml", 4, "FedKD_2 at the paper's T = 0.95 → 0.98",
      "(paper's T schedule)"),
+    ("centralized_mentee3", "centralized.yaml", 2,
+     "MiniLM-3 (Cen): the 3-layer mentee on all data, one client (what a mentee can carry)",
+     "(carrier bound, not in the paper)"),
+    ("centralized_mentee2", "centralized.yaml", 2,
+     "MiniLM-2 (Cen): the 2-layer mentee on all data, one client (what a mentee can carry)",
+     "(carrier bound, not in the paper)"),
 ]
 RUN_ORDER = ["fedkd3", "centralized", "local", "fedkd2", "fedavg_mentor", "fedavg_mentee",
              "fedavg_mentee3"]
 OVERRIDES = {"fedkd2_mh": ["fedkd.mentor_hidden_loss=true"],
+             "centralized_mentee3": ["local.model=mentee", "model.mentee.layers=3"],
+             "centralized_mentee2": ["local.model=mentee", "model.mentee.layers=2"],
              "fedkd2_paperT": ["fedkd.t_start=0.95", "fedkd.t_end=0.98"]}
 
 
@@ -160,7 +170,7 @@ def table(seeds: list[int]) -> str:
 
 def _model_metric(key: str, seed: int, metric: str) -> float:
     """The row's own model: the mentee for mentee-only FedAvg, else the mentor."""
-    role = "mentee" if key.startswith("fedavg_mentee") else "mentor"
+    role = "mentee" if key.startswith(("fedavg_mentee", "centralized_mentee")) else "mentor"
     return summarise(h5_path(key, seed)).get(f"{role}_{metric}", np.nan)
 
 
@@ -198,9 +208,10 @@ def main() -> None:
         run_all(a.seeds, a.only, a.overrides, a.jobs, a.ranks)
     print(table(a.seeds))
     print()
-    for key, ref in (("fedkd3", "fedavg_mentee3"), ("fedkd2", "fedavg_mentee"),
-                     ("fedkd2_mh", "fedavg_mentee")):
-        print(paired(a.seeds, key, ("centralized", "local", ref, "fedavg_mentor")))
+    for key, ref, cen_m in (("fedkd3", "fedavg_mentee3", "centralized_mentee3"),
+                            ("fedkd2", "fedavg_mentee", "centralized_mentee2"),
+                            ("fedkd2_mh", "fedavg_mentee", "centralized_mentee2")):
+        print(paired(a.seeds, key, ("centralized", "local", ref, "fedavg_mentor", cen_m)))
         print()
 
 
