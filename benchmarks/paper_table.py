@@ -11,8 +11,8 @@ runs/paper/<config>_s<seed>.log. Optional rows run only when named with --only: 
 (Eq. 5 as printed: the hidden/attention terms also train the mentor; the main FedKD rows train
 the mentee and W^h only with them),
 ``fedkd2_paperT`` (FedKD_2 at the paper's T = 0.95 -> 0.98: the accuracy cost of the lower T),
-``centralized_mentee3`` / ``centralized_mentee2`` (the mentee trained on all data on one client:
-the best a shared mentee could carry to the mentors).
+``centralized_mentee3`` / ``centralized_mentee2`` (the mentee alone trained on all data on one
+client, as the ``centralized`` row trains the mentor).
 """
 
 from __future__ import annotations
@@ -57,11 +57,11 @@ OPTIONAL = [
     ("fedkd2_paperT", "fedkd2.yaml", 4, "FedKD_2 at the paper's T = 0.95 → 0.98",
      "(paper's T schedule)"),
     ("centralized_mentee3", "centralized.yaml", 2,
-     "MiniLM-3 (Cen): the 3-layer mentee on all data, one client (what a mentee can carry)",
-     "(carrier bound, not in the paper)"),
+     "MiniLM-3 (Cen): the 3-layer mentee alone, all data, one client",
+     "(not in the paper's Table 1)"),
     ("centralized_mentee2", "centralized.yaml", 2,
-     "MiniLM-2 (Cen): the 2-layer mentee on all data, one client (what a mentee can carry)",
-     "(carrier bound, not in the paper)"),
+     "MiniLM-2 (Cen): the 2-layer mentee alone, all data, one client",
+     "(not in the paper's Table 1)"),
 ]
 RUN_ORDER = ["fedkd3", "centralized", "local", "fedkd2", "fedavg_mentor", "fedavg_mentee",
              "fedavg_mentee3"]
