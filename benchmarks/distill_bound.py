@@ -15,8 +15,7 @@ the one in runs/paper/centralized_s<seed>.h5 when that file exists); it has seen
 snippets, so on them its soft labels are close to the hard labels. ``--teacher others``: for each
 client, a mentor trained the same way on the other clients' snippets only, so its soft labels
 carry nothing but the other clients' knowledge. ``--teacher none`` drops the KL term and must
-reproduce the ``local`` row. ``--teacher-layers 3|2``: the teacher is the first 3/2 layers
-(trained at the mentee lr).
+reproduce the ``local`` row.
 """
 
 from __future__ import annotations
@@ -26,9 +25,9 @@ import json
 import time
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
+from paper_table import completed, h5_path, summarise  # benchmarks/paper_table.py
 from torch import nn
 
 from fedkd_mpi.algorithms.base import Local
@@ -43,6 +42,7 @@ from fedkd_mpi.seeding import torch_seed
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = ["accuracy", "f1"]
 DEV = torch.device("cpu")
+EQ3_ONLY = LossSwitches(hidden=False, attention=False)  # logits only: no layer pairs
 
 
 class FrozenTeacher(nn.Module):
@@ -66,8 +66,7 @@ class OracleDistill(Local):
     def loss(self, private, shared, y, proj):
         if shared is None:
             return super().loss(private, shared, y, proj)
-        return fedkd_loss(private, shared, y, [], None, "paper",
-                          LossSwitches(hidden=False, attention=False))
+        return fedkd_loss(private, shared, y, [], None, "paper", EQ3_ONLY)
 
 
 def train_rounds(model: nn.Module, data, cfg, cid: int, lr: float,
@@ -76,31 +75,23 @@ def train_rounds(model: nn.Module, data, cfg, cid: int, lr: float,
     cl = Client(cid, data, private=model,
                 opt_private=make_optimizer(trainable(model), cfg.train.optimizer, lr))
     shared = None if teacher is None else FrozenTeacher(teacher)
+    alg = OracleDistill(cfg)
     for rnd in range(cfg.train.rounds):
-        local_train(OracleDistill(cfg), cl, shared, cfg, rnd, torch.device("cpu"))
+        local_train(alg, cl, shared, cfg, rnd, DEV)
 
 
 def recorded(key: str, seed: int) -> float | None:
-    p = ROOT / "runs" / "paper" / f"{key}_s{seed}.h5"
-    if not p.exists():
-        return None
-    with h5py.File(p, "r") as f:
-        return float(f["rounds/mentor_accuracy"][-1])
+    """The paper_table run's mean mentor accuracy (None: not run)."""
+    path = h5_path(key, seed)
+    return summarise(path)["mentor_accuracy"] if completed(path) else None
 
 
-def make_teacher(cfg, data: ClientData, num_classes: int, seed: int, layers: int, key: int):
-    """A frozen model of ``layers`` layers trained on ``data`` like a ``local`` client; metrics."""
-    role = "mentor" if layers == cfg.model.mentor.layers else "mentee"
-    if role == "mentee":
-        cfg = cfg.model_copy(deep=True)
-        cfg.model.mentee.layers = layers
-    t = build_for(cfg, role, num_classes, torch_seed(seed, "mentor_init", key),
+def make_teacher(cfg, data: ClientData, num_classes: int, seed: int, key: int):
+    """A mentor trained on ``data`` like a ``local`` client, and its held-out metrics."""
+    t = build_for(cfg, "mentor", num_classes, torch_seed(seed, "mentor_init", key),
                   cfg.model.freeze_private_embeddings)
-    lr = cfg.train.lr_mentor if role == "mentor" else cfg.train.lr_mentee
-    train_rounds(t, data, cfg, key, lr, None)
-    for p in t.parameters():
-        p.requires_grad_(False)
-    return t.eval(), evaluate(t, data.test_x, data.test_y, cfg.train.eval_batch_size, DEV, NAMES)
+    train_rounds(t, data, cfg, key, cfg.train.lr_mentor, None)
+    return t, evaluate(t, data.test_x, data.test_y, cfg.train.eval_batch_size, DEV, NAMES)
 
 
 def table(path: Path) -> str:
@@ -108,8 +99,7 @@ def table(path: Path) -> str:
     rows: dict[str, dict[int, dict]] = {}
     for line in path.read_text().splitlines():
         r = json.loads(line)
-        name = ("none (CE only: reproduces `local`)" if r["teacher"] == "none"
-                else f"{r['teacher']} ({r['teacher_layers']} layers)")
+        name = "none (CE only: reproduces `local`)" if r["teacher"] == "none" else r["teacher"]
         rows.setdefault(name, {})[r["seed"]] = r
 
     def ms(v: list[float]) -> str:
@@ -137,7 +127,6 @@ def main() -> None:
                     help="all: the centralized run's model (all 1,200 snippets); others: for "
                     "each client, one trained on the other clients' snippets only; none: CE "
                     "only, which reproduces the `local` row")
-    ap.add_argument("--teacher-layers", type=int, default=6, choices=[2, 3, 6])
     ap.add_argument("--json", type=Path, help="append the result as one JSON line")
     ap.add_argument("--table", type=Path, help="print the summary of a --json file and exit")
     a = ap.parse_args()
@@ -152,7 +141,7 @@ def main() -> None:
     teachers: dict[int, tuple[nn.Module, dict]] = {}
     if a.teacher == "all":
         fc = load_federated(cen.data, a.seed, [0])
-        t = make_teacher(cen, fc.clients[0], fc.num_classes, a.seed, a.teacher_layers, 0)
+        t = make_teacher(cen, fc.clients[0], fc.num_classes, a.seed, 0)
         teachers = {c: t for c in fl.clients}
         print(f"teacher on all snippets: acc {100 * t[1]['accuracy']:.2f} (centralized run "
               f"file: {recorded('centralized', a.seed)})", flush=True)
@@ -162,8 +151,7 @@ def main() -> None:
             rest = [fl.clients[c] for c in sorted(fl.clients) if c != cid]
             union = ClientData(cid, torch.cat([r.train_x for r in rest]),
                                torch.cat([r.train_y for r in rest]), d.test_x, d.test_y)
-            teachers[cid] = make_teacher(loc, union, fl.num_classes, a.seed, a.teacher_layers,
-                                         100 + cid)
+            teachers[cid] = make_teacher(loc, union, fl.num_classes, a.seed, 100 + cid)
             print(f"client {cid}: teacher on the other clients' {union.num_train} snippets: "
                   f"acc {100 * teachers[cid][1]['accuracy']:.2f}", flush=True)
         teacher = teachers[cid][0] if teachers else None
@@ -175,8 +163,8 @@ def main() -> None:
         t_accs.append(teachers[cid][1] if teachers else {})
         print(f"client {cid}: mentor acc {100 * r['accuracy']:.2f}", flush=True)
     mean = {k: float(np.mean([r[k] for r in accs])) for k in NAMES}
-    res = dict(seed=a.seed, teacher=a.teacher, teacher_layers=a.teacher_layers,
-               teacher_metrics=t_accs, mentor_mean=mean, mentor=accs,
+    res = dict(seed=a.seed, teacher=a.teacher, teacher_metrics=t_accs, mentor_mean=mean,
+               mentor=accs,
                local_run_file=recorded("local", a.seed),
                centralized_run_file=recorded("centralized", a.seed), wall_s=time.time() - t0)
     print(json.dumps(res))

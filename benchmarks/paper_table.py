@@ -136,10 +136,13 @@ def _ms(vals: list[float], scale: float = 100.0) -> str:
     return f"{np.nanmean(v):.1f} ± {np.nanstd(v, ddof=1) if len(v) > 1 else 0.0:.1f}"
 
 
+def runs(key: str, seeds: list[int]) -> list[dict[str, float]]:
+    """Summaries of the row's completed runs, in seed order."""
+    return [summarise(h5_path(key, s)) for s in seeds if completed(h5_path(key, s))]
+
+
 def table(seeds: list[int]) -> str:
-    res = {key: [summarise(h5_path(key, s)) for s in seeds if completed(h5_path(key, s))]
-           for key, *_ in CONFIGS}
-    base = res.get("fedavg_mentor") or []
+    base = runs("fedavg_mentor", seeds)
     base_mb = np.mean([x["mb_per_client"] for x in base]) if base else np.nan
     lines = [
         "| method (this harness) | seeds | mentor F1 | mentor acc | mentor macro-F1 | mentee F1 "
@@ -147,10 +150,10 @@ def table(seeds: list[int]) -> str:
         "| paper Table 1, ADR |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    optional = {c[0] for c in OPTIONAL}
     for key, _, _, label, paper in CONFIGS + OPTIONAL:
-        rs = res.get(key) or [summarise(h5_path(key, s)) for s in seeds
-                              if completed(h5_path(key, s))]
-        if key in dict((c[0], 1) for c in OPTIONAL) and not rs:
+        rs = runs(key, seeds)
+        if not rs and key in optional:
             continue
         if not rs:
             lines.append(f"| {label} | 0 | – | – | – | – | – | – | – | – | {paper} |")
@@ -169,9 +172,10 @@ def table(seeds: list[int]) -> str:
 
 
 def _model_metric(key: str, seed: int, metric: str) -> float:
-    """The row's own model: the mentee for mentee-only FedAvg, else the mentor."""
-    role = "mentee" if key.startswith(("fedavg_mentee", "centralized_mentee")) else "mentor"
-    return summarise(h5_path(key, seed)).get(f"{role}_{metric}", np.nan)
+    """The row's own model: its mentor, or its mentee in rows that train no mentor."""
+    r = summarise(h5_path(key, seed))
+    mentor = r.get(f"mentor_{metric}", np.nan)
+    return r.get(f"mentee_{metric}", np.nan) if np.isnan(mentor) else mentor
 
 
 def paired(seeds: list[int], a: str = "fedkd2",
