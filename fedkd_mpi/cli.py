@@ -51,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             cfg = load_config(args.config, args.overrides)
+            if not args.resume_state:
+                from fedkd_mpi.runtime.preflight import preflight
+
+                preflight(cfg)
         except ConfigError as exc:
             print(exc, file=sys.stderr)
             return 2

@@ -38,9 +38,11 @@ class TransformerSpec(_Strict):
 
 
 class DataConfig(_Strict):
-    name: Literal["rotten_tomatoes", "bbc_news", "fashion_mnist"] = "rotten_tomatoes"
+    name: str = Field("rotten_tomatoes", description="a registered dataset (fedkd-mpi plugins "
+                      "lists them) or module:attribute")
     num_clients: int = Field(3, ge=1, le=100_000)
-    partition: Literal["iid", "natural", "dirichlet", "shards"] = "iid"
+    partition: str = Field("iid", description="iid | natural | dirichlet | shards, another "
+                           "registered partitioner, or module:attribute")
     dirichlet_alpha: float = Field(0.5, gt=0.0, le=1e6, description="label skew (dirichlet)")
     shards_per_client: int = Field(2, ge=1, le=10_000, description="label shards (shards)")
     natural_key: str | None = Field(None, description="natural: grouping key; None = default")
@@ -64,10 +66,10 @@ class ModelConfig(_Strict):
     mentee: TransformerSpec = TransformerSpec(layers=2, hidden=64, heads=4, ffn=128)
     freeze_embeddings: bool = Field(True, description="shared model: frozen, never sent")
     freeze_private_embeddings: bool = Field(True, description="private model (never sent)")
-    kind: Literal["tiny", "hf", "cnn"] = Field(
-        "tiny", description="tiny: small encoder from scratch; hf: pretrained encoder "
-        "(model.pretrained), mentor/mentee = its first mentor.layers/mentee.layers layers; "
-        "cnn: small CNN (image tasks)")
+    kind: str = Field(
+        "tiny", description="model family: tiny (small encoder from scratch), hf (pretrained "
+        "encoder model.pretrained, mentor/mentee = its first mentor.layers/mentee.layers "
+        "layers), cnn (small CNN, image tasks), another registered family or module:attribute")
     pretrained: str = Field("all-MiniLM-L6-v2", description="kind hf: packaged name or a local "
                             "folder with a Hugging Face config.json and weights")
 
@@ -90,7 +92,11 @@ class TrainConfig(_Strict):
     optimizer: Literal["adam", "sgd"] = "adam"
     lr_mentor: float = Field(1e-3, gt=0.0, le=10.0)
     lr_mentee: float = Field(1e-3, gt=0.0, le=10.0)
-    aggregation: Literal["uniform", "weighted"] = "uniform"
+    aggregation: str = Field("uniform", description="uniform | weighted (by training examples) "
+                             "| median | trimmed_mean, another registered aggregator or "
+                             "module:attribute")
+    trim_fraction: float = Field(0.1, ge=0.0, lt=0.5, description="trimmed_mean: share of "
+                                 "clients dropped at each end, per coordinate")
     eval_every: int = Field(1, ge=1, description="held-out evaluation every N rounds and after "
                             "the last (other rounds: NaN metrics)")
     sample_fraction: float = Field(1.0, gt=0.0, le=1.0, description="clients sampled per round")
@@ -99,11 +105,8 @@ class TrainConfig(_Strict):
 
 
 class FedKDConfig(_Strict):
-    t_start: float = Field(0.95, gt=0.0, le=1.0)
-    t_end: float = Field(0.98, gt=0.0, le=1.0)
-    schedule: Literal["code", "endpoints", "fixed"] = Field(
-        "code", description="code: t=(r+1)/R; endpoints: t=r/(R-1); fixed: T = t_end always"
-    )
+    codec: str = Field("svd", description="codec of the mentee update: svd | powersgd | fedpaq "
+                       "| topk | dense, another registered codec or module:attribute")
     loss_mode: Literal["paper", "reference"] = "paper"
     kd_loss: bool = True
     hidden_loss: bool = True
@@ -113,20 +116,36 @@ class FedKDConfig(_Strict):
     mentor_hidden_loss: bool = Field(
         True, description="hidden/attention terms also train the mentor (paper: yes)"
     )
+
+
+#: keys that moved from ``fedkd`` to ``svd`` (old configs keep working)
+_MOVED_TO_SVD = {"t_start": "t_start", "t_end": "t_end", "schedule": "schedule",
+                 "error_feedback": "error_feedback", "factor_dtype": "factor_dtype",
+                 "max_rank": "max_rank", "svd_method": "method", "server_path": "server_path"}
+
+
+class SVDConfig(_Strict):
+    """The truncated-SVD codec: energy schedule T (Eq. 9) and its extensions."""
+
+    t_start: float = Field(0.95, gt=0.0, le=1.0)
+    t_end: float = Field(0.98, gt=0.0, le=1.0)
+    schedule: Literal["code", "endpoints", "fixed"] = Field(
+        "code", description="code: t=(r+1)/R; endpoints: t=r/(R-1); fixed: T = t_end always"
+    )
     # extensions beyond the paper (off by default)
     error_feedback: bool = Field(False, description="carry the truncated-SVD residual to the "
                                  "next round, per client and on the server")
     factor_dtype: Literal["float32", "float16"] = Field(
         "float32", description="dtype of the SVD factors (and dense tensors) on the wire")
     max_rank: int | None = Field(None, ge=1, description="cap on K per matrix (None: no cap)")
-    svd_method: Literal["auto", "full", "gram", "randomized"] = Field(
-        "auto", description="SVD codec factorisation path (docs/PERFORMANCE.md)")
+    method: Literal["auto", "full", "gram", "randomized"] = Field(
+        "auto", description="factorisation path (docs/PERFORMANCE.md)")
     server_path: Literal["auto", "dense", "factored"] = Field(
         "auto", description="server re-encode: SVD of the dense average, or exact SVD from the "
         "clients' factors without the dense matrix (auto: when cheaper)")
 
     @model_validator(mode="after")
-    def _ordered(self) -> FedKDConfig:
+    def _ordered(self) -> SVDConfig:
         if self.t_start > self.t_end:
             raise ValueError(f"t_start ({self.t_start}) must be <= t_end ({self.t_end})")
         return self
@@ -149,7 +168,15 @@ class PowerSGDConfig(_Strict):
 
 
 class FedAvgConfig(_Strict):
+    """The FedAvg family (fedavg, fedprox, scaffold and the codec aliases)."""
+
     model: Literal["mentee", "mentor"] = "mentee"
+    codec: str = Field("dense", description="codec of the update: dense | svd | powersgd | "
+                       "fedpaq | topk, another registered codec or module:attribute")
+
+
+class FedProxConfig(_Strict):
+    mu: float = Field(0.01, ge=0.0, le=1e4, description="proximal term (mu/2)||w - w_global||^2")
 
 
 class LocalConfig(_Strict):
@@ -177,18 +204,45 @@ class RuntimeConfig(_Strict):
 class Config(_Strict):
     seed: int = Field(0, ge=0, le=2**31 - 1)
     output: str = "runs/run.h5"
-    algorithm: Literal["fedkd", "fedavg", "local", "fedpaq", "topk", "powersgd",
-                       "scaffold"] = "fedkd"
+    algorithm: str = Field("fedkd", description="fedkd | fedavg | fedprox | scaffold | local | "
+                           "fedpaq | topk | powersgd (fedavg with that codec), another "
+                           "registered algorithm or module:attribute")
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     fedkd: FedKDConfig = FedKDConfig()
+    svd: SVDConfig = SVDConfig()
     fedavg: FedAvgConfig = FedAvgConfig()
+    fedprox: FedProxConfig = FedProxConfig()
     fedpaq: FedPAQConfig = FedPAQConfig()
     topk: TopKConfig = TopKConfig()
     powersgd: PowerSGDConfig = PowerSGDConfig()
     local: LocalConfig = LocalConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+    plugins: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="settings of plug-ins by their name, checked against "
+        "the plug-in's own Settings model")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, tree: Any) -> Any:
+        """``fedkd.t_start`` etc. (before the SVD codec had its own section) -> ``svd.*``."""
+        if not isinstance(tree, dict) or not isinstance(tree.get("fedkd"), dict):
+            return tree
+        old = {k: v for k, v in tree["fedkd"].items() if k in _MOVED_TO_SVD}
+        if not old:
+            return tree
+        svd = tree.get("svd") or {}
+        if not isinstance(svd, dict):
+            return tree
+        for k in old:
+            if _MOVED_TO_SVD[k] in svd:
+                raise ValueError(f"fedkd.{k} and svd.{_MOVED_TO_SVD[k]} both given; "
+                                 f"fedkd.{k} is the old name of svd.{_MOVED_TO_SVD[k]}")
+        tree = dict(tree)
+        tree["fedkd"] = {k: v for k, v in tree["fedkd"].items() if k not in _MOVED_TO_SVD}
+        tree["svd"] = {**svd, **{_MOVED_TO_SVD[k]: v for k, v in old.items()}}
+        return tree
 
     @model_validator(mode="after")
     def _sampling_fits(self) -> Config:
@@ -199,27 +253,11 @@ class Config(_Strict):
         return self
 
     @model_validator(mode="after")
-    def _task_and_model(self) -> Config:
+    def _tokenizer(self) -> Config:
         d, m = self.data, self.model
-        if (d.name == "fashion_mnist") != (m.kind == "cnn"):
-            raise ValueError(f"data.name '{d.name}' and model.kind '{m.kind}' do not fit "
-                             "(fashion_mnist needs kind cnn; text tasks need tiny or hf)")
-        if d.metric == "f1" and d.name != "rotten_tomatoes":
-            raise ValueError(f"data.metric 'f1' (positive class) needs a binary task; "
-                             f"data.name '{d.name}' has more classes (use accuracy or macro_f1)")
-        if m.kind == "hf":
-            from fedkd_mpi.models.hf import PretrainedError, inspect
-
-            try:
-                layers = int(inspect(m.pretrained)["num_hidden_layers"])
-            except PretrainedError as exc:
-                raise ValueError(str(exc)) from None
-            if m.mentor.layers > layers:
-                raise ValueError(f"model.mentor.layers ({m.mentor.layers}) exceeds the "
-                                 f"{layers} layers of model.pretrained '{m.pretrained}'")
-            if d.tokenizer == "hash":
-                raise ValueError("data.tokenizer 'hash' cannot feed a pretrained model "
-                                 "(model.kind hf); use auto")
+        if m.kind == "hf" and d.tokenizer == "hash":
+            raise ValueError("data.tokenizer 'hash' cannot feed a pretrained model "
+                             "(model.kind hf); use auto")
         if d.tokenizer == "auto":
             d.tokenizer = m.pretrained if m.kind == "hf" else "hash"
         return self

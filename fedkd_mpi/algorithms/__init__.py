@@ -1,5 +1,7 @@
-"""Algorithms: each owns its local objective and both ends of its payload."""
+"""Algorithms: each owns its models' roles, its local objective and both ends of its payload.
+Built-ins: fedkd, fedavg (and its codec aliases fedpaq, topk, powersgd), fedprox, scaffold,
+local."""
 
-from fedkd_mpi.algorithms.base import Algorithm, build_algorithm
+from fedkd_mpi.algorithms.base import Algorithm, ClientState, build_algorithm
 
-__all__ = ["Algorithm", "build_algorithm"]
+__all__ = ["Algorithm", "ClientState", "build_algorithm"]

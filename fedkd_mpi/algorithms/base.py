@@ -1,254 +1,180 @@
-"""The algorithm interface and the three built-in algorithms.
+"""The algorithm interface: which models exist, the local objective, and both ends of the
+round's payload.
 
-An algorithm says which models exist (a *private* model that stays on its client and a
-*shared* model that travels), the local loss, and both ends of its payload:
-``client_encode`` (client) -> ``server_aggregate`` (rank 0) -> ``client_decode`` (every rank).
-It never touches MPI: the runtime moves the bytes.
+An algorithm names the model a client keeps (``private_role``: never leaves its rank) and the
+model that travels (``shared_role``), both "mentor" or "mentee" (the model settings and the
+metric columns they report to). Per round and client: :meth:`begin_local` then local steps
+with :meth:`loss` and :meth:`after_step`; :meth:`client_encode` (what goes up) ->
+:meth:`server_aggregate` on rank 0 (how the server combines; default: the codec decodes, the
+aggregator combines, the codec re-encodes) -> :meth:`client_decode` and :meth:`apply_update`
+on every rank (what comes down and how a client applies it). It never touches MPI.
+
+The codec is named by the config field :attr:`codec_field` (e.g. ``fedavg.codec``), so any
+algorithm can travel with any codec. Per-client state lives in a :class:`ClientState`: the
+codec's state and the algorithm's own typed :attr:`State`; the server keeps one of each.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from abc import ABC
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedkd_mpi.algorithms.losses import LossSwitches, fedkd_loss
-from fedkd_mpi.codecs import svd as svd_codec
-from fedkd_mpi.codecs.linalg import server_average
-from fedkd_mpi.codecs.svd import Encoded, SVDCodecState, TensorSpec, decode, encode
-from fedkd_mpi.config import Config, TransformerSpec
-from fedkd_mpi.models import EncoderOutput, layer_map
+from fedkd_mpi.codecs.base import Codec, CodecState, codec_class
+from fedkd_mpi.config import Config, ConfigError
+from fedkd_mpi.registry import Registered, Registry, plugin_settings
+from fedkd_mpi.tensors import Payload, TensorSpec
 
-Decoder = Callable[[Encoded, Sequence[TensorSpec]], list[torch.Tensor]]
-
-
-def weighted_mean(updates: Sequence[Encoded], weights: np.ndarray, specs: Sequence[TensorSpec],
-                  dec: Decoder) -> list[torch.Tensor]:
-    """Decode every update and average in float64, in client order; float32 result."""
-    w = np.asarray(weights, dtype=np.float64)
-    w = w / w.sum()
-    acc: list[torch.Tensor] | None = None
-    for wi, upd in zip(w.tolist(), updates, strict=True):
-        ts = dec(upd, specs)
-        if acc is None:
-            acc = [wi * t.to(torch.float64) for t in ts]
-        else:
-            for a, t in zip(acc, ts, strict=True):
-                a.add_(t.to(torch.float64), alpha=wi)
-    if acc is None:  # nobody sent an update: an all-zero average
-        return [torch.zeros(s.shape) for s in specs]
-    return [a.to(torch.float32) for a in acc]
+if TYPE_CHECKING:
+    from fedkd_mpi.aggregators import Aggregator
+    from fedkd_mpi.models import EncoderOutput, ModelShape
 
 
-class Algorithm:
-    """Base: FedAvg-style dense payload; subclasses change models, loss or codec."""
+@dataclass
+class AlgState(CodecState):
+    """An algorithm's own state of one client (or the server): tensors and numbers only."""
 
-    name = "base"
-    #: which metric column ("mentor"/"mentee") the private and shared models report to
+
+@dataclass
+class ClientState:
+    """Everything an algorithm and its codec keep for one client across rounds."""
+
+    codec: CodecState
+    alg: AlgState = field(default_factory=AlgState)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"codec": self.codec.state_dict(), "alg": self.alg.state_dict()}
+
+    def load_state_dict(self, tree: dict[str, Any]) -> None:
+        self.codec.load_state_dict(tree["codec"])
+        self.alg.load_state_dict(tree["alg"])
+
+
+class Algorithm(Registered, ABC):
+    """Base of every algorithm: one shared model trained with cross-entropy, sent with the
+    codec named by :attr:`codec_field`, averaged by the configured aggregator."""
+
+    registry = Registry("algorithms", "fedkd_mpi.algorithms")
     private_role: str | None = None
     shared_role: str | None = None
+    #: config field naming this algorithm's codec (None: nothing is communicated)
+    codec_field: ClassVar[str | None] = None
+    State: ClassVar[type[AlgState]] = AlgState
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
+        self.settings: Any = plugin_settings(type(self), cfg)
         self.specs: list[TensorSpec] = []
-        #: the server's algorithm state kept across rounds (rank 0; tensors only, checkpointed)
-        self.server_state: dict[str, torch.Tensor] = {}
+        self.codec: Codec | None = None
+        self.server = ClientState(CodecState(None), self.State(None))
 
     # -- models ---------------------------------------------------------------------------
-    def spec_of(self, role: str | None) -> TransformerSpec | None:
-        return None if role is None else getattr(self.cfg.model, role)
-
     @property
     def communicates(self) -> bool:
         return self.shared_role is not None
 
-    def make_projection(self, seed: int) -> nn.ModuleList | None:
-        """Client-local extra modules trained with the shared model (W^h for FedKD)."""
-        return None
+    @property
+    def codec_name(self) -> str:
+        """The configured codec (the value of :attr:`codec_field`)."""
+        assert self.codec_field is not None
+        section, key = self.codec_field.split(".")
+        return getattr(getattr(self.cfg, section), key)
 
-    # -- local objective ------------------------------------------------------------------
-    def loss(
-        self, private: EncoderOutput | None, shared: EncoderOutput | None, y: torch.Tensor,
-        proj: nn.ModuleList | None,
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        out, role = (shared, self.shared_role) if shared is not None else (private,
-                                                                            self.private_role)
-        ce = F.cross_entropy(out.logits, y)
-        return ce, {f"{role}_loss": float(ce.detach())}
+    def check_models(self, shapes: dict[str, ModelShape]) -> None:
+        """Validate-time check that the built models give what the loss needs (ConfigError,
+        one line); ``shapes`` by role, from :func:`fedkd_mpi.models.probe`."""
 
-    # -- payload, both ends ---------------------------------------------------------------
-    def threshold(self, rnd: int) -> float | None:
-        """Energy threshold of round ``rnd`` (None: send dense)."""
-        return None
+    def bind(self, specs: Sequence[TensorSpec], shapes: dict[str, ModelShape]) -> None:
+        """Once per rank, after the models are built: the shared model's communicated
+        tensors and the probed shapes of the models this rank built."""
+        self.specs = list(specs)
+        if self.codec_field is not None:
+            cls = codec_class(self.codec_name, self.codec_field)
+            self.codec = cls(cls.settings_from(self.cfg), self.wire_specs, self.cfg.seed,
+                             self.cfg.train.rounds)
+            self.server = self.new_state(None)
 
     @property
     def wire_specs(self) -> list[TensorSpec]:
         """Tensors a message carries (default: the shared model's communicated tensors)."""
         return self.specs
 
-    #: numpy dtype of every message body (comm/wire.py v2)
-    wire_dtype: np.dtype = np.dtype(np.float32)
+    def new_state(self, client_id: int | None) -> ClientState:
+        """The initial state of client ``client_id`` (None: the server)."""
+        codec = self.codec.new_state(client_id) if self.codec else CodecState(client_id)
+        return ClientState(codec, self.State(client_id))
 
-    def wire_body_nbytes(self):
-        """The wire's body-size rule ``fn(meta) -> bytes`` for ``wire_specs`` (None: SVD rule)."""
+    def make_projection(self, seed: int) -> nn.Module | None:
+        """Client-local extra modules trained with the shared model (FedKD's W^h)."""
         return None
 
-    def after_step(self, state: dict[str, torch.Tensor], params: Sequence[torch.Tensor]) -> None:
-        """Called after every local optimizer step with the client's state and shared params."""
+    # -- local objective ------------------------------------------------------------------
+    def begin_local(self, params: Sequence[nn.Parameter], state: ClientState) -> None:
+        """Before a client's local steps; ``params`` are the shared model's trainable ones,
+        at the round's global value."""
+
+    def loss(self, private: EncoderOutput | None, shared: EncoderOutput | None,
+             y: torch.Tensor, proj: nn.Module | None) -> tuple[torch.Tensor, dict[str, float]]:
+        """The scalar to back-propagate and its logged parts (``<role>_loss`` at least)."""
+        out, role = (shared, self.shared_role) if shared is not None else (private,
+                                                                            self.private_role)
+        ce = F.cross_entropy(out.logits, y)
+        return ce, {f"{role}_loss": float(ce.detach())}
+
+    def after_step(self, state: ClientState, params: Sequence[torch.Tensor]) -> None:
+        """After every local optimizer step, with the shared model's trainable params."""
+
+    # -- payload, both ends ---------------------------------------------------------------
+    def energy_threshold(self, rnd: int) -> float | None:
+        """The codec's energy share T of round ``rnd`` (None: not an SVD codec)."""
+        return self.codec.energy_threshold(rnd) if self.codec is not None else None
 
     def client_encode(self, delta: Sequence[torch.Tensor], rnd: int,
-                      state: dict[str, torch.Tensor]) -> Encoded:
-        """One client's upload; ``state`` (Client.state) persists across rounds."""
-        return encode(delta, self.specs, self.threshold(rnd), method=self.cfg.fedkd.svd_method)
+                      state: ClientState) -> Payload:
+        """One client's upload from its update ``delta`` (trained minus global)."""
+        return self._codec.encode(delta, rnd, state.codec)
 
-    def server_aggregate(self, updates: Sequence[Encoded], weights: np.ndarray,
-                         rnd: int) -> Encoded:
-        """Decode every client's update, average them in float64 in client order, re-encode."""
-        w = np.asarray(weights, dtype=np.float64)
-        w = w / w.sum()
-        thr, fk = self.threshold(rnd), self.cfg.fedkd
-        if thr is not None and fk.server_path != "dense":  # factored average (codecs/linalg.py)
-            dense, facts = server_average(updates, w, self.specs, thr, fk.server_path)
-            return encode(dense, self.specs, thr, method=fk.svd_method, factors=facts)
-        return encode(weighted_mean(updates, weights, self.specs, decode), self.specs, thr,
-                      method=fk.svd_method)
+    def server_aggregate(self, payloads: Sequence[Payload], aggregator: Aggregator,
+                         num_samples: np.ndarray, rnd: int) -> Payload:
+        """Rank 0: the download from the participants' uploads (client-id order)."""
+        return self._codec.aggregate(payloads, aggregator, num_samples, rnd, self.server.codec)
 
-    def client_decode(self, enc: Encoded, device: torch.device | str = "cpu") -> list[torch.Tensor]:
-        """The broadcast message as ``wire_specs`` tensors (identical on every rank)."""
-        return decode(enc, self.specs, device)
+    def client_decode(self, payload: Payload,
+                      device: torch.device | str = "cpu") -> list[torch.Tensor]:
+        """The download as ``wire_specs`` tensors (identical on every rank)."""
+        return self._codec.decode(payload, device)
 
     @torch.no_grad()
     def apply_update(self, params: Sequence[torch.Tensor], theta0: Sequence[torch.Tensor],
-                     decoded: Sequence[torch.Tensor],
-                     states: Sequence[dict[str, torch.Tensor]]) -> None:
-        """Set the shared params to ``theta0 + update`` (every rank, same float ops).
-
-        ``states``: Client.state of every client hosted on this rank (empty on rank 0), for
-        algorithms whose download carries more than the model update (SCAFFOLD).
-        """
+                     decoded: Sequence[torch.Tensor], states: Sequence[ClientState]) -> None:
+        """Set the shared params to ``theta0 + update`` (every rank, same float ops);
+        ``states``: the states of the clients hosted on this rank (empty on rank 0)."""
         for p, t0, d in zip(params, theta0, decoded[: len(params)], strict=True):
             p.copy_(t0 + d)
 
-
-class FedAvg(Algorithm):
-    """FedAvg of one model (``fedavg.model``), dense float32 deltas, CE only."""
-
-    name = "fedavg"
-
-    def __init__(self, cfg: Config) -> None:
-        super().__init__(cfg)
-        self.shared_role = cfg.fedavg.model
-
-
-class Local(Algorithm):
-    """Each client trains its own model on its own data; nothing is communicated."""
-
-    name = "local"
-
-    def __init__(self, cfg: Config) -> None:
-        super().__init__(cfg)
-        self.private_role = cfg.local.model
-
-
-class FedKD(Algorithm):
-    """FedKD: private mentor, shared mentee, adaptive mutual distillation, SVD payload."""
-
-    name = "fedkd"
-    private_role = "mentor"
-    shared_role = "mentee"
-
-    def __init__(self, cfg: Config) -> None:
-        super().__init__(cfg)
-        f, m = cfg.fedkd, cfg.model
-        self.pairs = layer_map(m.mentor.layers, m.mentee.layers)
-        self.switches = LossSwitches(
-            kd=f.kd_loss, hidden=f.hidden_loss,
-            attention=f.attention_loss and m.mentor.heads == m.mentee.heads,
-            adaptive=f.adaptive_weight, mentor_distill=f.mentor_distill,
-            mentor_hidden=f.mentor_hidden_loss,
-        )
-        self.codec = SVDCodecState(f.t_start, f.t_end, cfg.train.rounds, f.schedule)
-
-    def make_projection(self, seed: int) -> nn.ModuleList | None:
-        """W^h per layer pair: identity when widths match (paper mode), seeded otherwise."""
-        ds, dt = self.cfg.model.mentee.hidden, self.cfg.model.mentor.hidden
-        if ds == dt and self.cfg.fedkd.loss_mode == "reference":
-            return None  # the official code has no W^h
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            wh = nn.ModuleList(nn.Linear(ds, dt, bias=False) for _ in self.pairs)
-        if ds == dt:
-            for lin in wh:
-                nn.init.eye_(lin.weight)
-        return wh
-
-    def loss(self, private, shared, y, proj):
-        total, parts = fedkd_loss(private, shared, y, self.pairs, proj,
-                                  self.cfg.fedkd.loss_mode, self.switches)
-        parts.update(mentor_loss=parts["loss_t"], mentee_loss=parts["loss_s"])
-        return total, parts
-
-    def threshold(self, rnd: int) -> float:
-        return self.codec.threshold(rnd)
-
-    # -- extensions beyond the paper (fedkd.error_feedback / factor_dtype / max_rank) ------
     @property
-    def extended(self) -> bool:
-        f = self.cfg.fedkd
-        return f.error_feedback or f.factor_dtype != "float32" or f.max_rank is not None
+    def _codec(self) -> Codec:
+        if self.codec is None:
+            raise RuntimeError(f"algorithm {self.name!r}: no codec bound (bind() not called)")
+        return self.codec
 
-    @property
-    def wire_dtype(self) -> np.dtype:  # type: ignore[override]
-        return np.dtype(self.cfg.fedkd.factor_dtype)
 
-    def wire_body_nbytes(self):
-        if self.cfg.fedkd.factor_dtype == "float32":
-            return None  # the wire's default SVD rule
-        specs, item = self.specs, self.wire_dtype.itemsize
-
-        def size(meta: np.ndarray) -> int:
-            total = 0
-            for k, spec in zip(np.asarray(meta).tolist(), specs, strict=True):
-                if k != svd_codec.DENSE and not 1 <= k <= min(spec.rows, spec.cols):
-                    raise ValueError(f"tensor {spec.name}: rank {k} outside "
-                                     f"[1, {min(spec.rows, spec.cols)}] and not -1 (dense)")
-                total += item * spec.floats(k)
-            return total
-
-        return size
-
-    def _ext_encode(self, tensors: list[torch.Tensor], rnd: int,
-                    state: dict[str, torch.Tensor]) -> Encoded:
-        """SVD encode with the extensions; with error feedback, ``state`` carries the residual
-        ``svd_err/i`` = (update + old residual) - what the message decodes to."""
-        f = self.cfg.fedkd
-        if f.error_feedback:
-            tensors = [t + state[f"svd_err/{i}"].to(t) if f"svd_err/{i}" in state else t
-                       for i, t in enumerate(tensors)]
-        enc = encode(tensors, self.specs, self.threshold(rnd), method=f.svd_method,
-                     max_rank=f.max_rank, dtype=self.wire_dtype)
-        if f.error_feedback:
-            sent = decode(enc, self.specs, tensors[0].device if tensors else "cpu")
-            for i, (t, d) in enumerate(zip(tensors, sent, strict=True)):
-                state[f"svd_err/{i}"] = (t.detach().to(torch.float32) - d).clone()
-        return enc
-
-    def client_encode(self, delta, rnd, state):
-        if not self.extended:
-            return super().client_encode(delta, rnd, state)
-        return self._ext_encode(list(delta), rnd, state)
-
-    def server_aggregate(self, updates, weights, rnd):
-        if not self.extended:
-            return super().server_aggregate(updates, weights, rnd)
-        mean = weighted_mean(updates, weights, self.specs, decode)
-        return self._ext_encode(mean, rnd, self.server_state)
+def algorithm_class(cfg: Config) -> type[Algorithm]:
+    return Algorithm.registry.get(cfg.algorithm, "algorithm", Algorithm)
 
 
 def build_algorithm(cfg: Config) -> Algorithm:
-    from fedkd_mpi.algorithms.baselines import BASELINES
-
-    return {"fedkd": FedKD, "fedavg": FedAvg, "local": Local, **BASELINES}[cfg.algorithm](cfg)
+    """The algorithm named by ``algorithm`` (built-in, entry point or module:attribute)."""
+    alg = algorithm_class(cfg)(cfg)
+    if alg.private_role not in (None, "mentor", "mentee") or \
+            alg.shared_role not in (None, "mentor", "mentee"):
+        raise ConfigError(f"config error: 'algorithm': {cfg.algorithm} has roles "
+                          f"{alg.private_role!r}/{alg.shared_role!r}; each must be 'mentor', "
+                          "'mentee' or None")
+    return alg

@@ -25,8 +25,9 @@ import pandas as pd
 import yaml
 
 from fedkd_mpi.storage.h5 import open_live
+from fedkd_mpi.storage.schema import FORMAT_VERSION, RANK_GROUPS
 
-SUPPORTED_VERSIONS = (1, 2)
+SUPPORTED_VERSIONS = tuple(range(1, FORMAT_VERSION + 1))
 MODELS = ("mentor", "mentee")
 
 
@@ -176,9 +177,7 @@ def _read(path: Path, f: h5py.File, version: int) -> Run:
         config = {}
     rounds_ds = _datasets(f.get("rounds"), 1)
     client_ds = _datasets(f.get("clients"), 2)
-    rank_ds = {**{k: v for k, v in _datasets(f.get("timing"), 2).items()},
-               **{k: v for k, v in _datasets(f.get("memory"), 2).items()},
-               **{k: v for k, v in _datasets(f.get("replicas"), 2).items()}}
+    rank_ds = {k: v for g in RANK_GROUPS for k, v in _datasets(f.get(g), 2).items()}
     layers = f.get("layers")
     per_round = [*rounds_ds.values(), *client_ds.values(), *rank_ds.values()]
     if layers is not None:

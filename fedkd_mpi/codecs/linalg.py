@@ -79,10 +79,18 @@ class Factorization:
         return ((self.u.double() * self.s.double()) @ self.vt.double()).float()
 
 
-def _choose_rank(sigma: np.ndarray, threshold: float) -> int:
-    from fedkd_mpi.codecs.svd import choose_rank  # svd.py imports this module
+def choose_rank(sigma: np.ndarray, threshold: float) -> int:
+    """Smallest K in [1, r] with sum_{j<=K} s_j^2 / sum s_j^2 >= T; r if none smaller (§5.2)."""
+    energy = np.asarray(sigma, dtype=np.float64) ** 2
+    total = energy.sum()
+    r = len(energy)
+    if r == 0 or total <= 0.0 or threshold >= 1.0:
+        return r
+    share = np.cumsum(energy) / total
+    k = int(np.searchsorted(share[: r - 1], threshold, side="left")) + 1
+    return min(k, r)
 
-    return choose_rank(sigma, threshold)
+
 
 
 def _partial_rank(energy: np.ndarray, total: float, threshold: float) -> int | None:
@@ -131,7 +139,7 @@ def _full(mats: torch.Tensor, threshold: float) -> list[Factorization]:
     totals = _totals(mats)
     out = []
     for b in range(mats.shape[0]):
-        k = _choose_rank(s_np[b], threshold) if s_np[b].sum() > 0.0 else 0
+        k = choose_rank(s_np[b], threshold) if s_np[b].sum() > 0.0 else 0
         out.append(Factorization(u[b], s[b], vt[b], k, float(totals[b]), "full", mats[b]))
     return out
 
@@ -153,7 +161,7 @@ def _gram(mats: torch.Tensor, threshold: float) -> list[Factorization]:
             out.append(Factorization(z.view(p, 0), z, z.view(0, q), 0, float(totals[b]),
                                      "gram", mats[b]))
             continue
-        k = _choose_rank(sig_np[b], threshold)
+        k = choose_rank(sig_np[b], threshold)
         if sig_np[b][k - 1] <= GRAM_MIN_RATIO * sig_np[b][0]:
             out += _full(mats[b : b + 1], threshold)
             continue
@@ -269,7 +277,7 @@ def factored_sum(us: Sequence[torch.Tensor], ss: Sequence[torch.Tensor],
     um, sm, vmt = torch.linalg.svd((ru * d) @ rv.mT)
     sig = sm.cpu().numpy()
     total = float((sig * sig).sum())
-    k = _choose_rank(sig, threshold) if total > 0.0 else 0
+    k = choose_rank(sig, threshold) if total > 0.0 else 0
     return Factorization((qu @ um).float(), sm.float(), (vmt @ qv.mT).float().contiguous(), k,
                          total, "factored")
 
@@ -288,7 +296,7 @@ def _views(enc, specs) -> list[tuple[torch.Tensor, ...]]:
     body = torch.from_numpy(np.ascontiguousarray(enc.body))
     out: list[tuple[torch.Tensor, ...]] = []
     pos = 0
-    for k, spec in zip(enc.ranks.tolist(), specs, strict=True):
+    for k, spec in zip(enc.meta.tolist(), specs, strict=True):
         p, q = spec.rows, spec.cols
         if k < 0:
             out.append((body[pos : pos + p * q].view(p, q),))

@@ -14,11 +14,14 @@ header's ``meta`` is ``r`` or ``-1``. One tensor costs ``4 r (P + Q)`` or ``4 P 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from fedkd_mpi.codecs.svd import DENSE, Encoded, TensorSpec
+from fedkd_mpi.codecs.base import Codec, CodecState
+from fedkd_mpi.seeding import torch_seed
+from fedkd_mpi.tensors import DENSE, Payload, TensorSpec
 
 
 def rank_for(spec: TensorSpec, rank: int) -> int:
@@ -48,23 +51,35 @@ def body_nbytes(specs: Sequence[TensorSpec]):
     return size
 
 
+@dataclass
+class PowerSGDState(CodecState):
+    """Per tensor: the warm-start Q and the error-feedback residual (None until set)."""
+
+    q: list[torch.Tensor | None] | None = None
+    err: list[torch.Tensor | None] | None = None
+
+
 def encode(tensors: Sequence[torch.Tensor], specs: Sequence[TensorSpec], rank: int,
-           state: dict[str, torch.Tensor], generator: torch.Generator | None = None,
-           error_feedback: bool = True) -> Encoded:
-    """Compress ``tensors``; reads and updates ``state`` (``err/i`` residuals, ``q/i``)."""
+           state: PowerSGDState, generator: torch.Generator | None = None,
+           error_feedback: bool = True) -> Payload:
+    """Compress ``tensors``; reads and updates ``state`` (residuals ``err``, warm starts ``q``)."""
     if rank < 1:
         raise ValueError(f"rank must be >= 1, got {rank}")
     meta = np.full(len(specs), DENSE, dtype=np.int64)
     chunks: list[np.ndarray] = []
+    if state.q is None or len(state.q) != len(specs):
+        state.q = [None] * len(specs)
+    if state.err is None or len(state.err) != len(specs):
+        state.err = [None] * len(specs)
     for i, (t, spec) in enumerate(zip(tensors, specs, strict=True)):
         m = t.detach().reshape(spec.rows, spec.cols).to(torch.float32).cpu()
         r = rank_for(spec, rank)
         if r == DENSE:
             chunks.append(m.reshape(-1).numpy())
             continue
-        if error_feedback and f"err/{i}" in state:
-            m = m + state[f"err/{i}"].reshape(spec.rows, spec.cols)
-        q = state.get(f"q/{i}")
+        if error_feedback and state.err[i] is not None:
+            m = m + state.err[i].reshape(spec.rows, spec.cols)
+        q = state.q[i]
         if q is None or q.shape != (spec.cols, r):
             q = torch.randn(spec.cols, r, generator=generator, dtype=torch.float32)
         p = m @ q
@@ -72,22 +87,22 @@ def encode(tensors: Sequence[torch.Tensor], specs: Sequence[TensorSpec], rank: i
         q = m.T @ p
         meta[i] = r
         chunks += [p.reshape(-1).numpy(), q.reshape(-1).numpy()]
-        state[f"q/{i}"] = q.clone()
+        state.q[i] = q.clone()
         if error_feedback:
-            state[f"err/{i}"] = (m - p @ q.T).reshape(spec.shape).clone()
+            state.err[i] = (m - p @ q.T).reshape(spec.shape).clone()
     body = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
-    return Encoded(meta, body)
+    return Payload(meta, body)
 
 
-def decode(enc: Encoded, specs: Sequence[TensorSpec],
+def decode(enc: Payload, specs: Sequence[TensorSpec],
            device: torch.device | str = "cpu") -> list[torch.Tensor]:
     """Rebuild ``P Q^T`` (or the dense matrix) per tensor, float32, original shapes."""
     body = torch.from_numpy(np.ascontiguousarray(enc.body, dtype=np.float32).reshape(-1))
-    need = body_nbytes(specs)(enc.ranks) // 4
+    need = body_nbytes(specs)(enc.meta) // 4
     if body.numel() != need:
         raise ValueError(f"payload holds {body.numel()} floats, meta requires {need}")
     out, pos = [], 0
-    for r, spec in zip(enc.ranks.tolist(), specs, strict=True):
+    for r, spec in zip(enc.meta.tolist(), specs, strict=True):
         a, b = spec.rows, spec.cols
         if r == DENSE:
             mat = body[pos : pos + a * b].view(a, b)
@@ -99,3 +114,25 @@ def decode(enc: Encoded, specs: Sequence[TensorSpec],
             mat = p @ q.T
         out.append(mat.reshape(spec.shape).clone().to(device))
     return out
+
+
+class PowerSGDCodec(Codec):
+    """Rank ``powersgd.rank``: one warm-started power iteration, error feedback both ends."""
+
+    name = "powersgd"
+    State = PowerSGDState
+
+    @classmethod
+    def settings_from(cls, cfg):
+        return cfg.powersgd
+
+    def encode(self, tensors, rnd, state: PowerSGDState):
+        s = self.settings
+        gen = torch.Generator().manual_seed(torch_seed(self.seed, "powersgd"))
+        return encode(tensors, self.specs, s.rank, state, gen, s.error_feedback)
+
+    def decode(self, payload, device="cpu"):
+        return decode(payload, self.specs, device)
+
+    def body_nbytes(self, meta):
+        return body_nbytes(self.specs)(meta)

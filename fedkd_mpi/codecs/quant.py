@@ -1,4 +1,4 @@
-"""FedPAQ-style quantisation of dense updates: pure encode/decode (Reisizadeh et al., 2020).
+"""FedPAQ-style quantisation of dense updates (Reisizadeh et al., 2020): codec ``fedpaq``.
 
 Each tensor is quantised on its own with an affine grid of ``2**bits`` levels over
 ``[lo, hi]`` (its min and max): ``scale = (hi - lo) / (2**bits - 1)``, ``code =
@@ -22,7 +22,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from fedkd_mpi.codecs.svd import Encoded, TensorSpec, checked_body_bytes
+from fedkd_mpi.codecs.base import Codec, CodecState, checked_body_bytes
+from fedkd_mpi.seeding import torch_seed
+from fedkd_mpi.tensors import Payload, TensorSpec
 
 BITS = (8, 16)
 PARAM_BYTES = 8  # scale + zero point, float32 each
@@ -52,7 +54,7 @@ def body_nbytes(specs: Sequence[TensorSpec]):
 
 
 def encode(tensors: Sequence[torch.Tensor], specs: Sequence[TensorSpec], bits: int,
-           rounding: str = "nearest", generator: torch.Generator | None = None) -> Encoded:
+           rounding: str = "nearest", generator: torch.Generator | None = None) -> Payload:
     """Quantise every tensor to ``bits``; ``stochastic`` rounding draws from ``generator``."""
     if bits not in BITS:
         raise ValueError(f"bits must be 8 or 16, got {bits}")
@@ -79,15 +81,15 @@ def encode(tensors: Sequence[torch.Tensor], specs: Sequence[TensorSpec], bits: i
             code = np.zeros(x.numel(), dtype=_code_dtype(bits))
         chunks += [np.array([scale, lo32], dtype="<f4").view(np.uint8), code.view(np.uint8)]
     body = np.concatenate(chunks) if chunks else np.zeros(0, np.uint8)
-    return Encoded(np.full(len(specs), bits, dtype=np.int64), body)
+    return Payload(np.full(len(specs), bits, dtype=np.int64), body)
 
 
-def decode(enc: Encoded, specs: Sequence[TensorSpec],
+def decode(enc: Payload, specs: Sequence[TensorSpec],
            device: torch.device | str = "cpu") -> list[torch.Tensor]:
     """Rebuild float32 tensors ``lo + code * scale``."""
     body = checked_body_bytes(enc, body_nbytes(specs))
     out, pos = [], 0
-    for bits, spec in zip(enc.ranks.tolist(), specs, strict=True):
+    for bits, spec in zip(enc.meta.tolist(), specs, strict=True):
         scale, lo = np.frombuffer(body[pos : pos + PARAM_BYTES].tobytes(), dtype="<f4")
         pos += PARAM_BYTES
         n = spec.numel * bits // 8
@@ -96,3 +98,28 @@ def decode(enc: Encoded, specs: Sequence[TensorSpec],
         x = torch.from_numpy(code.astype(np.float32)) * torch.tensor(scale) + torch.tensor(lo)
         out.append(x.reshape(spec.shape).to(device))
     return out
+
+
+class FedPAQCodec(Codec):
+    """``fedpaq.bits`` per value; clients round as ``fedpaq.rounding`` (stochastic: seeded by
+    (seed, round, client)), the server's re-encoded average rounds to nearest."""
+
+    name = "fedpaq"
+    wire_dtype = np.dtype(np.uint8)
+
+    @classmethod
+    def settings_from(cls, cfg):
+        return cfg.fedpaq
+
+    def encode(self, tensors, rnd, state: CodecState):
+        s = self.settings
+        if state.client_id is None:  # server: deterministic
+            return encode(tensors, self.specs, s.bits, "nearest")
+        gen = torch.Generator().manual_seed(torch_seed(self.seed, "quant", rnd, state.client_id))
+        return encode(tensors, self.specs, s.bits, s.rounding, gen)
+
+    def decode(self, payload, device="cpu"):
+        return decode(payload, self.specs, device)
+
+    def body_nbytes(self, meta):
+        return body_nbytes(self.specs)(meta)

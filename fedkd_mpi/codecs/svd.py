@@ -9,52 +9,18 @@ zero, when it is a vector, or when K(P+Q+1) >= PQ. On the wire a factored matrix
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from fedkd_mpi.codecs.linalg import Factorization, factorize
+from fedkd_mpi.codecs.base import Codec, CodecState
+from fedkd_mpi.codecs.linalg import Factorization, choose_rank, factorize, server_average
+from fedkd_mpi.tensors import DENSE, Payload, TensorSpec
 
-DENSE = -1
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """Name and shape of one communicated tensor, and its 2-D view for the SVD."""
-
-    name: str
-    shape: tuple[int, ...]
-
-    @property
-    def rows(self) -> int:
-        return int(self.shape[0]) if len(self.shape) >= 2 else int(math.prod(self.shape))
-
-    @property
-    def cols(self) -> int:
-        return int(math.prod(self.shape[1:])) if len(self.shape) >= 2 else 1
-
-    @property
-    def numel(self) -> int:
-        return self.rows * self.cols
-
-    def floats(self, rank: int) -> int:
-        """float32 values this tensor occupies on the wire at ``rank`` (DENSE = -1)."""
-        return self.numel if rank == DENSE else rank * (self.rows + self.cols + 1)
-
-
-def choose_rank(sigma: np.ndarray, threshold: float) -> int:
-    """Smallest K in [1, r] with sum_{j<=K} s_j^2 / sum s_j^2 >= T; r if none smaller (§5.2)."""
-    energy = np.asarray(sigma, dtype=np.float64) ** 2
-    total = energy.sum()
-    r = len(energy)
-    if r == 0 or total <= 0.0 or threshold >= 1.0:
-        return r
-    share = np.cumsum(energy) / total
-    k = int(np.searchsorted(share[: r - 1], threshold, side="left")) + 1
-    return min(k, r)
+__all__ = ["DENSE", "SVDCodec", "TensorSpec", "choose_rank", "decode", "encode",
+           "energy_threshold"]
 
 
 def energy_threshold(t_start: float, t_end: float, rnd: int, rounds: int, schedule: str) -> float:
@@ -71,19 +37,11 @@ def energy_threshold(t_start: float, t_end: float, rnd: int, rounds: int, schedu
     return t_start + (t_end - t_start) * t
 
 
-@dataclass
-class Encoded:
-    """One encoded tensor list: per-tensor rank (DENSE = -1) and the flat float32 body."""
-
-    ranks: np.ndarray  # int64[L]
-    body: np.ndarray  # float32[n]
-
-
 def encode(
     tensors: Sequence[torch.Tensor | None], specs: Sequence[TensorSpec], threshold: float | None,
     *, method: str = "auto", factors: Mapping[int, Factorization] | None = None,
     max_rank: int | None = None, dtype: np.dtype | type = np.float32,
-) -> Encoded:
+) -> Payload:
     """Encode tensors; ``threshold=None`` sends everything dense (FedAvg).
 
     ``method``: the factorisation path (codecs/linalg.py: auto | full | gram | randomized);
@@ -114,16 +72,7 @@ def encode(
         chunks.append(mat.reshape(-1).cpu().numpy())
     body = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
     body = body.astype(dtype, copy=False)
-    return Encoded(ranks, body)
-
-
-def checked_body_bytes(enc: Encoded, size_rule) -> np.ndarray:
-    """``enc.body`` as flat uint8, after checking its length against ``size_rule(meta)``."""
-    body = np.ascontiguousarray(enc.body).view(np.uint8).reshape(-1)
-    need = size_rule(enc.ranks)
-    if body.size != need:
-        raise ValueError(f"payload holds {body.size} bytes, meta requires {need}")
-    return body
+    return Payload(ranks, body)
 
 
 def payload_floats(ranks: np.ndarray, specs: Sequence[TensorSpec]) -> int:
@@ -132,17 +81,17 @@ def payload_floats(ranks: np.ndarray, specs: Sequence[TensorSpec]) -> int:
 
 
 def decode(
-    enc: Encoded, specs: Sequence[TensorSpec], device: torch.device | str = "cpu"
+    enc: Payload, specs: Sequence[TensorSpec], device: torch.device | str = "cpu"
 ) -> list[torch.Tensor]:
     """Rebuild the tensors (float32, original shapes) from ranks and body."""
-    need = payload_floats(enc.ranks, specs)
+    need = payload_floats(enc.meta, specs)
     if enc.body.size != need:
         raise ValueError(f"payload holds {enc.body.size} floats, ranks require {need}")
     body = torch.from_numpy(np.ascontiguousarray(enc.body).astype(np.float32, copy=False))
     body = body.to(device)
     out: list[torch.Tensor] = []
     pos = 0
-    for k, spec in zip(enc.ranks.tolist(), specs, strict=True):
+    for k, spec in zip(enc.meta.tolist(), specs, strict=True):
         p, q = spec.rows, spec.cols
         if k == DENSE:
             mat = body[pos : pos + p * q].view(p, q)
@@ -157,14 +106,74 @@ def decode(
     return out
 
 
-@dataclass(frozen=True)
-class SVDCodecState:
-    """The codec's settings across rounds: the energy schedule (Eq. 9)."""
+@dataclass
+class SVDState(CodecState):
+    """Error feedback (``svd.error_feedback``): per tensor, what the last message missed."""
 
-    t_start: float
-    t_end: float
-    rounds: int
-    schedule: str = "code"
+    residual: list[torch.Tensor] | None = None
 
-    def threshold(self, rnd: int) -> float:
-        return energy_threshold(self.t_start, self.t_end, rnd, self.rounds, self.schedule)
+
+class SVDCodec(Codec):
+    """Truncated SVD at the round's energy share T (``svd`` section); FedKD's own codec."""
+
+    name = "svd"
+    State = SVDState
+
+    def __init__(self, settings, specs, seed, rounds):
+        super().__init__(settings, specs, seed, rounds)
+        self.wire_dtype = np.dtype(settings.factor_dtype)  # type: ignore[misc]
+
+    @classmethod
+    def settings_from(cls, cfg):
+        return cfg.svd
+
+    @property
+    def extended(self) -> bool:
+        """Any extension beyond the paper (error feedback, float16 factors, a rank cap)."""
+        s = self.settings
+        return s.error_feedback or s.factor_dtype != "float32" or s.max_rank is not None
+
+    def energy_threshold(self, rnd: int) -> float:
+        s = self.settings
+        return energy_threshold(s.t_start, s.t_end, rnd, self.rounds, s.schedule)
+
+    def encode(self, tensors, rnd, state):
+        s = self.settings
+        if not self.extended:
+            return encode(tensors, self.specs, self.energy_threshold(rnd), method=s.method)
+        tensors = list(tensors)
+        if s.error_feedback and state.residual is not None:
+            tensors = [t + r.to(t) for t, r in zip(tensors, state.residual, strict=True)]
+        enc = encode(tensors, self.specs, self.energy_threshold(rnd), method=s.method,
+                     max_rank=s.max_rank, dtype=self.wire_dtype)
+        if s.error_feedback:
+            sent = decode(enc, self.specs, tensors[0].device if tensors else "cpu")
+            state.residual = [(t.detach().to(torch.float32) - d).clone()
+                              for t, d in zip(tensors, sent, strict=True)]
+        return enc
+
+    def decode(self, payload, device="cpu"):
+        return decode(payload, self.specs, device)
+
+    def body_nbytes(self, meta):
+        item = self.wire_dtype.itemsize
+        total = 0
+        for k, spec in zip(np.asarray(meta).tolist(), self.specs, strict=True):
+            if k != DENSE and not 1 <= k <= min(spec.rows, spec.cols):
+                raise ValueError(f"tensor {spec.name}: rank {k} outside "
+                                 f"[1, {min(spec.rows, spec.cols)}] and not {DENSE} (dense)")
+            total += item * spec.floats(k)
+        return total
+
+    def aggregate(self, payloads, aggregator, num_samples, rnd, state):
+        """With a weighted-mean aggregator and no extension, average the factors exactly
+        without forming the dense mean where that is cheaper (``svd.server_path``)."""
+        w = aggregator.weights(num_samples)
+        s = self.settings
+        if w is None or self.extended or s.server_path == "dense":
+            return super().aggregate(payloads, aggregator, num_samples, rnd, state)
+        w = np.asarray(w, dtype=np.float64)
+        w = w / w.sum()
+        thr = self.energy_threshold(rnd)
+        dense, facts = server_average(payloads, w, self.specs, thr, s.server_path)
+        return encode(dense, self.specs, thr, method=s.method, factors=facts)

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from fedkd_mpi.codecs.svd import Encoded, TensorSpec, checked_body_bytes
+from fedkd_mpi.codecs.base import Codec, CodecState, checked_body_bytes
+from fedkd_mpi.tensors import Payload, TensorSpec
 
 ENTRY_BYTES = 8  # float32 value + int32 index
 
@@ -46,7 +48,7 @@ def body_nbytes(specs: Sequence[TensorSpec]):
 
 
 def encode(tensors: Sequence[torch.Tensor], specs: Sequence[TensorSpec], ratio: float,
-           residual: list[torch.Tensor] | None = None) -> tuple[Encoded, list[torch.Tensor]]:
+           residual: list[torch.Tensor] | None = None) -> tuple[Payload, list[torch.Tensor]]:
     """Top-k of ``tensors + residual`` per tensor; returns the message and the new residual.
 
     ``residual=None`` means no error feedback from earlier rounds (a zero residual).
@@ -73,15 +75,15 @@ def encode(tensors: Sequence[torch.Tensor], specs: Sequence[TensorSpec], ratio: 
         acc[idx] = 0.0
         new_residual.append(acc.reshape(spec.shape))
     body = np.concatenate(chunks) if chunks else np.zeros(0, np.uint8)
-    return Encoded(meta, body), new_residual
+    return Payload(meta, body), new_residual
 
 
-def decode(enc: Encoded, specs: Sequence[TensorSpec],
+def decode(enc: Payload, specs: Sequence[TensorSpec],
            device: torch.device | str = "cpu") -> list[torch.Tensor]:
     """Scatter the values into zero tensors (float32, original shapes)."""
     body = checked_body_bytes(enc, body_nbytes(specs))
     out, pos = [], 0
-    for k, spec in zip(enc.ranks.tolist(), specs, strict=True):
+    for k, spec in zip(enc.meta.tolist(), specs, strict=True):
         vals = np.frombuffer(body[pos : pos + 4 * k].tobytes(), dtype="<f4")
         idx = np.frombuffer(body[pos + 4 * k : pos + 8 * k].tobytes(), dtype="<i4")
         pos += 8 * k
@@ -91,3 +93,36 @@ def decode(enc: Encoded, specs: Sequence[TensorSpec],
         x[torch.from_numpy(idx.astype(np.int64))] = torch.from_numpy(vals.copy())
         out.append(x.reshape(spec.shape).to(device))
     return out
+
+
+@dataclass
+class TopKState(CodecState):
+    """Error feedback: per tensor, the entries left out so far."""
+
+    residual: list[torch.Tensor] | None = None
+
+
+class TopKCodec(Codec):
+    """``topk.ratio`` of the entries per tensor, with error feedback on both ends."""
+
+    name = "topk"
+    State = TopKState
+    wire_dtype = np.dtype(np.uint8)
+
+    @classmethod
+    def settings_from(cls, cfg):
+        return cfg.topk
+
+    def encode(self, tensors, rnd, state: TopKState):
+        s = self.settings
+        enc, residual = encode(tensors, self.specs, s.ratio,
+                               state.residual if s.error_feedback else None)
+        if s.error_feedback:
+            state.residual = residual
+        return enc
+
+    def decode(self, payload, device="cpu"):
+        return decode(payload, self.specs, device)
+
+    def body_nbytes(self, meta):
+        return body_nbytes(self.specs)(meta)

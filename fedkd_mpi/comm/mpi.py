@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 from mpi4py import MPI
 
+from fedkd_mpi.comm.placement import Placement
+
 FAULT_TAG = 0x7FA  # point-to-point tag of fault notes (collectives never use tags)
 FAULT_NOTE_MAX = 4096  # bytes of a fault note kept
 
@@ -53,12 +55,6 @@ def watch_faults(comm: MPI.Intracomm) -> None:
     """From now on, :func:`wait` on this rank raises :class:`RemoteFault` on a fault note."""
     global _watch
     _watch = _FaultWatch(comm)
-
-
-def check_faults() -> None:
-    """Raise :class:`RemoteFault` if a fault note is waiting (no-op without a watch)."""
-    if _watch is not None:
-        _watch.check()
 
 
 def report_fault(comm: MPI.Intracomm, note: str, timeout_s: float = 2.0) -> bool:
@@ -125,12 +121,13 @@ class GatherStats:
 
 
 class Transport:
-    """Collectives of one run. ``clients_per_rank[r]`` = number of clients rank r hosts."""
+    """Collectives of one run over a client :class:`Placement`."""
 
-    def __init__(self, comm: MPI.Intracomm, clients_per_rank: list[int], poll_s: float) -> None:
+    def __init__(self, comm: MPI.Intracomm, placement: Placement, poll_s: float) -> None:
         self.comm = comm
         self.rank = comm.Get_rank()
-        self.counts = np.asarray(clients_per_rank, dtype=np.int64)
+        self.placement = placement
+        self.counts = placement.counts
         self.poll_s = poll_s
         self._bufs: dict[str, np.ndarray] = {}
         if self.rank == 0:

@@ -5,14 +5,15 @@ Header (int64, little-endian as every supported MPI host)::
     MAGIC, VERSION, client_id, round, n_tensors, body_nbytes, body_dtype_code, flags
     then per tensor: meta, P, Q
 
-``meta`` is codec-specific (SVD: K, ``-1`` = dense). The body is ``body_nbytes`` raw bytes of
-one numpy dtype named by ``body_dtype_code`` (:data:`DTYPE_CODES`). ``flags`` bit 0 =
-:data:`SKIP`: a header-only message (``n_tensors = 0``, no body) meaning "this client has no
-update this round". The message is one contiguous byte buffer; nothing is pickled.
+``meta`` is codec-specific (SVD: K, ``-1`` = dense); the wire knows no codec. The body is
+``body_nbytes`` raw bytes of one numpy dtype named by ``body_dtype_code``
+(:data:`DTYPE_CODES`). ``flags`` bit 0 = :data:`SKIP`: a header-only message
+(``n_tensors = 0``, no body) meaning "this client has no update this round". The message is
+one contiguous byte buffer; nothing is pickled.
 
 :func:`unpack` checks magic, version, flags, dtype code, tensor count, shapes and every length
 against what the receiver expects *before* it touches the body; the codec-specific check of
-the body size is a hook (``body_nbytes=fn(meta) -> int``, default: the SVD rule). Any mismatch
+the body size is the codec's rule (``body_nbytes=fn(meta) -> int``). Any mismatch
 raises :class:`WireError` with a one-line message, never another exception.
 """
 
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedkd_mpi.codecs.svd import DENSE, Encoded, TensorSpec
+from fedkd_mpi.tensors import Payload, TensorSpec
 
 MAGIC = 0x464B44 << 8 | 0x4D  # "FKDM"
 VERSION = 2
@@ -64,26 +65,11 @@ def dtype_code(dtype: np.dtype | type) -> int:
     return _CODE_OF[dt]
 
 
-def svd_body_nbytes(specs: Sequence[TensorSpec]) -> BodySize:
-    """The default size rule: meta = K in [1, min(P, Q)] or -1 (dense), float32 values."""
-
-    def size(meta: np.ndarray) -> int:
-        total = 0
-        for k, spec in zip(meta.tolist(), specs, strict=True):
-            if k != DENSE and not 1 <= k <= min(spec.rows, spec.cols):
-                raise ValueError(f"tensor {spec.name}: rank {k} outside "
-                                 f"[1, {min(spec.rows, spec.cols)}] and not {DENSE} (dense)")
-            total += 4 * spec.floats(k)
-        return total
-
-    return size
-
-
 @dataclass
 class Message:
     client_id: int
     round: int
-    encoded: Encoded | None  # None for a SKIP message
+    encoded: Payload | None  # None for a SKIP message
     flags: int = 0
 
     @property
@@ -91,11 +77,11 @@ class Message:
         return bool(self.flags & SKIP)
 
 
-def pack(client_id: int, rnd: int, enc: Encoded, specs: Sequence[TensorSpec]) -> np.ndarray:
+def pack(client_id: int, rnd: int, enc: Payload, specs: Sequence[TensorSpec]) -> np.ndarray:
     """One message as a uint8 array: header then the body's raw bytes (any coded dtype)."""
     n = len(specs)
     body = np.ascontiguousarray(enc.body).reshape(-1)
-    meta = np.asarray(enc.ranks, dtype=np.int64).reshape(-1)
+    meta = np.asarray(enc.meta, dtype=np.int64).reshape(-1)
     if meta.size != n:
         raise WireError(f"{meta.size} meta values for {n} tensors")
     header = np.empty(FIXED + 3 * n, dtype="<i8")
@@ -116,14 +102,13 @@ def pack_skip(client_id: int, rnd: int) -> np.ndarray:
     return header.view(np.uint8).copy()
 
 
-def unpack(buf: np.ndarray, specs: Sequence[TensorSpec], body_nbytes: BodySize | None = None,
-           dtype: np.dtype | type | None = None) -> Message:
+def unpack(buf: np.ndarray, specs: Sequence[TensorSpec], body_nbytes: BodySize,
+           dtype: np.dtype | type) -> Message:
     """Parse and validate one message; raises :class:`WireError` on any mismatch.
 
-    ``body_nbytes(meta)`` gives the body size the tensor metadata requires (and raises
-    ``ValueError`` for invalid metadata); default :func:`svd_body_nbytes`. ``dtype`` is the
-    body dtype the codec expects; default float32 with the default rule, any coded dtype with
-    a custom rule. A SKIP message is accepted whatever the specs (``encoded=None``).
+    ``body_nbytes(meta)`` gives the body size the tensor metadata requires (the codec's rule;
+    it raises ``ValueError`` for invalid metadata); ``dtype`` is the body dtype the codec
+    expects. A SKIP message is accepted whatever the specs (``encoded=None``).
     """
     try:
         buf = np.asarray(buf)
@@ -158,9 +143,8 @@ def unpack(buf: np.ndarray, specs: Sequence[TensorSpec], body_nbytes: BodySize |
         if nbytes < 0 or size != hb + nbytes:
             raise WireError(f"message of {size} bytes, header announces {hb} + {nbytes}")
         body_dt = DTYPE_CODES[code]
-        want_dt = np.dtype(np.float32) if dtype is None and body_nbytes is None else dtype
-        if want_dt is not None and body_dt != np.dtype(want_dt):
-            raise WireError(f"message body is {body_dt}, expected {np.dtype(want_dt)}")
+        if body_dt != np.dtype(dtype):
+            raise WireError(f"message body is {body_dt}, expected {np.dtype(dtype)}")
         if nbytes % body_dt.itemsize:
             raise WireError(f"body of {nbytes} bytes is not a whole number of {body_dt}")
         table = np.frombuffer(buf[8 * FIXED : hb].tobytes(), dtype="<i8").reshape(n, 3)
@@ -169,9 +153,8 @@ def unpack(buf: np.ndarray, specs: Sequence[TensorSpec], body_nbytes: BodySize |
                 raise WireError(f"tensor {spec.name}: shape ({p}, {q}), expected "
                                 f"({spec.rows}, {spec.cols})")
         meta = table[:, 0].astype(np.int64)
-        rule = body_nbytes if body_nbytes is not None else svd_body_nbytes(specs)
         try:
-            need = int(rule(meta))
+            need = int(body_nbytes(meta))
         except WireError:
             raise
         except (ValueError, OverflowError) as exc:
@@ -181,7 +164,7 @@ def unpack(buf: np.ndarray, specs: Sequence[TensorSpec], body_nbytes: BodySize |
         body = buf[hb:].view(body_dt)
         if not body.flags.aligned:
             body = body.copy()
-        return Message(cid, rnd, Encoded(meta, body), flags)
+        return Message(cid, rnd, Payload(meta, body), flags)
     except WireError:
         raise
     except Exception as exc:  # a malformed buffer must never surface as another exception

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedkd_mpi.data.rotten_tomatoes import Corpus, DataError
+from fedkd_mpi.data.base import Corpus, DataError, Dataset
 
 
 def data_dir() -> Path:
@@ -43,4 +43,14 @@ def load() -> Corpus:
     if len(names) < 2 or not texts:
         raise DataError(f"data error: data.name 'bbc_news': no topic folders in '{root}'")
     lab = np.asarray(labels, np.int64)
-    return Corpus(texts, lab, np.asarray(names)[lab], names)
+    return Corpus(lab, names, texts=texts, groups=np.asarray(names)[lab])
+
+
+class BBCNews(Dataset):
+    """``bbc_news``: 2,225 articles, 5 topics; groups = topic."""
+
+    name = "bbc_news"
+    input_kind = "tokens"
+
+    def load(self) -> Corpus:
+        return load()

@@ -5,28 +5,18 @@ from __future__ import annotations
 
 import gzip
 import os
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from fedkd_mpi.data.rotten_tomatoes import DataError
+from fedkd_mpi.data.base import Corpus, DataError, Dataset
 
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
 CLASSES = ("t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker",
            "bag", "ankle boot")
 FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
          "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
-
-
-@dataclass(frozen=True)
-class ImageCorpus:
-    images: np.ndarray  # uint8[n, 1, 28, 28]: official training images, then the test images
-    labels: np.ndarray  # int64[n]
-    test_idx: np.ndarray  # positions of the official test set
-    class_names: tuple[str, ...]
-    groups: None = None
 
 
 def data_dir() -> Path:
@@ -53,7 +43,9 @@ def _idx(path: Path, magic: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=1)
-def load() -> ImageCorpus:
+def load() -> Corpus:
+    """uint8[70000, 1, 28, 28]: the official training images, then the official test images
+    (``test_idx``); no natural grouping."""
     root = data_dir()
     imgs, labs = [], []
     for split in ("train", "test"):
@@ -63,4 +55,14 @@ def load() -> ImageCorpus:
     n_train = len(labs[0])
     images = np.concatenate(imgs)[:, None]
     labels = np.concatenate(labs).astype(np.int64)
-    return ImageCorpus(images, labels, np.arange(n_train, len(labels)), CLASSES)
+    return Corpus(labels, CLASSES, images=images, test_idx=np.arange(n_train, len(labels)))
+
+
+class FashionMNIST(Dataset):
+    """``fashion_mnist``: 70,000 28x28 grey images, 10 classes, official test split."""
+
+    name = "fashion_mnist"
+    input_kind = "images"
+
+    def load(self) -> Corpus:
+        return load()

@@ -2,13 +2,17 @@
 
 Every function returns one sorted int64 index array per client (positions into the examples
 it was given) and draws its randomness from ``rng(seed, "partition")`` only, so the split does
-not depend on the number of ranks. :func:`split` dispatches on ``data.partition``.
+not depend on the number of ranks. The registered partitioners ``iid``, ``natural``,
+``dirichlet`` and ``shards`` (:class:`~fedkd_mpi.data.base.Partitioner`) wrap them for
+``data.partition``; :func:`split` calls them by name without a config.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from fedkd_mpi.config import DataConfig
+from fedkd_mpi.data.base import Partitioner
 from fedkd_mpi.seeding import rng
 
 KINDS = ("iid", "natural", "dirichlet", "shards")
@@ -82,20 +86,56 @@ def shards(labels: np.ndarray, num_clients: int, shards_per_client: int,
     return [np.sort(np.concatenate([pieces[s] for s in row])) for row in deal]
 
 
-def split(kind: str, labels: np.ndarray, groups: np.ndarray | None, num_clients: int,
-          seed: int, alpha: float = 0.5, shards_per_client: int = 2) -> list[np.ndarray]:
-    """Dispatch on ``data.partition``; raises ValueError (one line) when impossible."""
-    if kind == "iid":
+class IID(Partitioner):
+    """``iid``: random equal-size folds."""
+
+    name = "iid"
+
+    def split(self, labels, groups, num_clients, seed):
         return iid(len(labels), num_clients, seed)
-    if kind == "natural":
+
+
+class Natural(Partitioner):
+    """``natural``: whole groups per client (the grouping key: ``data.natural_key``)."""
+
+    name = "natural"
+    needs_groups = True
+
+    def split(self, labels, groups, num_clients, seed):
         if groups is None:
             raise ValueError("this dataset has no natural grouping key")
         return natural(groups, num_clients, seed)
-    if kind == "dirichlet":
-        return dirichlet(labels, num_clients, alpha, seed)
-    if kind == "shards":
-        return shards(labels, num_clients, shards_per_client, seed)
-    raise ValueError(f"unknown partition '{kind}' (valid: {', '.join(KINDS)})")
+
+
+class Dirichlet(Partitioner):
+    """``dirichlet``: label skew, per class shares ~ Dir(``data.dirichlet_alpha``)."""
+
+    name = "dirichlet"
+
+    def split(self, labels, groups, num_clients, seed):
+        return dirichlet(labels, num_clients, self.cfg.dirichlet_alpha, seed)
+
+
+class Shards(Partitioner):
+    """``shards``: ``data.shards_per_client`` label-sorted shards per client."""
+
+    name = "shards"
+
+    def split(self, labels, groups, num_clients, seed):
+        return shards(labels, num_clients, self.cfg.shards_per_client, seed)
+
+
+BUILTINS: dict[str, type[Partitioner]] = {c.name: c for c in (IID, Natural, Dirichlet, Shards)}
+
+
+def split(kind: str, labels: np.ndarray, groups: np.ndarray | None, num_clients: int,
+          seed: int, alpha: float = 0.5, shards_per_client: int = 2) -> list[np.ndarray]:
+    """The built-in partition ``kind``; raises ValueError (one line) when impossible."""
+    cls = BUILTINS.get(kind)
+    if cls is None:
+        raise ValueError(f"unknown partition '{kind}' (valid: {', '.join(KINDS)})")
+    cfg = DataConfig(partition=kind, dirichlet_alpha=alpha, shards_per_client=shards_per_client)
+    return cls(cfg).split(labels, groups, num_clients, seed)
 
 
 def label_histogram(labels: np.ndarray, parts: list[np.ndarray], num_classes: int) -> np.ndarray:

@@ -5,25 +5,16 @@ from __future__ import annotations
 import bz2
 import csv
 import importlib.util
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
+from fedkd_mpi.data.base import Corpus, DataError, Dataset
+
+__all__ = ["Corpus", "DataError", "RottenTomatoes", "corpus_path", "load"]
+
 RELATIVE = "data/rotten_tomatoes_corpus_full.csv.bz2"
-
-
-class DataError(RuntimeError):
-    """Data cannot be found or read; the message is one line for the user."""
-
-
-@dataclass(frozen=True)
-class Corpus:
-    texts: list[str]
-    labels: np.ndarray  # int64[n]
-    groups: np.ndarray  # natural-partition key per example (movie name)
-    class_names: tuple[str, ...]
 
 
 def corpus_path() -> Path:
@@ -54,4 +45,15 @@ def load() -> Corpus:
                 groups.append(row["movie_name"])
     except (OSError, KeyError, EOFError) as exc:
         raise DataError(f"data error: data.name 'rotten_tomatoes' unreadable: {exc}") from None
-    return Corpus(texts, np.asarray(labels, np.int64), np.asarray(groups), ("rotten", "fresh"))
+    return Corpus(np.asarray(labels, np.int64), ("rotten", "fresh"), texts=texts,
+                  groups=np.asarray(groups))  # groups: movie name
+
+
+class RottenTomatoes(Dataset):
+    """``rotten_tomatoes``: 12,808 review snippets, rotten (0) / fresh (1); groups = movie."""
+
+    name = "rotten_tomatoes"
+    input_kind = "tokens"
+
+    def load(self) -> Corpus:
+        return load()

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from fedkd_mpi.algorithms import Algorithm
+from fedkd_mpi.algorithms import Algorithm, ClientState
 from fedkd_mpi.config import Config
 from fedkd_mpi.data import ClientData
 from fedkd_mpi.seeding import torch_seed
@@ -24,18 +24,11 @@ class Client:
 
     cid: int
     data: ClientData
+    state: ClientState  # the algorithm's and its codec's state (typed, checkpointed)
     private: nn.Module | None = None  # the mentor (FedKD / local)
     proj: nn.ModuleList | None = None  # W^h
     opt_private: torch.optim.Optimizer | None = None
     opt_shared: torch.optim.Optimizer | None = None
-    losses: dict[str, float] = field(default_factory=dict)
-    #: algorithm state of this client kept across rounds (error-feedback residuals, control
-    #: variates, warm starts): tensors only, checkpointed generically
-    state: dict[str, torch.Tensor] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        # lets codecs key their randomness by (seed, round, client) without the runtime
-        self.state.setdefault("client_id", torch.tensor(self.cid, dtype=torch.int64))
 
 
 def make_optimizer(params: list[nn.Parameter], kind: str, lr: float) -> torch.optim.Optimizer:
@@ -63,6 +56,8 @@ def local_train(alg: Algorithm, client: Client, shared: nn.Module | None, cfg: C
     for m in models:
         m.train()
     sums: dict[str, float] = {}
+    if shared_params:
+        alg.begin_local(shared_params, client.state)
     perm = torch.randperm(n, generator=gen)
     for step in range(steps):
         j = step % per_epoch

@@ -39,11 +39,6 @@ def node_info(comm: MPI.Intracomm) -> NodeInfo:
         node.Free()
 
 
-def node_local_client_index(comm: MPI.Intracomm) -> int:
-    """This rank's index among the *client* ranks (rank >= 1) of its node."""
-    return node_info(comm).client_index
-
-
 def choose_device(rank: int, info: NodeInfo, n_gpus: int, device: str, server_device: str,
                   ranks_per_gpu: int) -> tuple[str, str]:
     """(torch device string, error). Client ranks with ``device: auto`` take GPU

@@ -83,7 +83,7 @@ class ClientSnapshot:
     proj: dict | None
     opt_private: dict | None
     opt_shared: dict | None
-    state: dict[str, torch.Tensor]
+    state: dict
 
     @classmethod
     def take(cls, cl: Client) -> ClientSnapshot:
@@ -91,15 +91,14 @@ class ClientSnapshot:
             return None if obj is None else copy.deepcopy(obj.state_dict())
 
         return cls(sd(cl.private), sd(cl.proj), sd(cl.opt_private), sd(cl.opt_shared),
-                   {k: v.detach().clone() for k, v in cl.state.items()})
+                   copy.deepcopy(cl.state.state_dict()))
 
     def restore(self, cl: Client) -> None:
         for obj, sd in ((cl.private, self.private), (cl.proj, self.proj),
                         (cl.opt_private, self.opt_private), (cl.opt_shared, self.opt_shared)):
             if obj is not None and sd is not None:
                 obj.load_state_dict(sd)
-        cl.state.clear()
-        cl.state.update(self.state)
+        cl.state.load_state_dict(copy.deepcopy(self.state))
 
 
 def nonfinite_tensors(tensors: Sequence[torch.Tensor], names: Sequence[str]) -> str | None:

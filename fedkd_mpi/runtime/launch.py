@@ -110,6 +110,9 @@ def launch(config_path: str | None, overrides: list[str], overwrite: bool,
         try:
             cfg = load_config(config_path, overrides)
             static_checks(cfg, comm.Get_size(), overwrite or resume)
+            from fedkd_mpi.runtime.preflight import preflight
+
+            preflight(cfg)
             if resume:
                 from fedkd_mpi.runtime.checkpoint import check_resumable
 
@@ -125,37 +128,37 @@ def launch(config_path: str | None, overrides: list[str], overwrite: bool,
     cfg = config_from_yaml_text(text[1:])
     import torch
 
-    from fedkd_mpi.data import load_federated
-    from fedkd_mpi.data.rotten_tomatoes import DataError
+    from fedkd_mpi.comm.placement import Placement
+    from fedkd_mpi.data import DataError, load_federated
     from fedkd_mpi.runtime.devices import node_info, select_device
-    from fedkd_mpi.runtime.run import (
-        client_ids_of,
-        clients_per_rank,
-        fedkd_attrs,
-        memory_budget_error,
-        run,
-    )
+    from fedkd_mpi.runtime.job import run, setup
+    from fedkd_mpi.runtime.summary import run_attrs
 
     torch.set_num_threads(cfg.runtime.torch_threads)
     device, error = select_device(cfg.runtime, comm)
     node = node_info(comm)
-    fed = None
+    placement = Placement(cfg.data.num_clients, comm.Get_size())
+    cids = placement.clients_of(rank)
+    fed = ctx = None
     if not error:
-        counts = clients_per_rank(cfg.data.num_clients, comm.Get_size())
         try:
-            fed = load_federated(cfg.data, cfg.seed, client_ids_of(rank, counts))
+            fed = load_federated(cfg.data, cfg.seed, cids)
         except DataError as exc:
             error = str(exc)
-    if not error and rank > 0:  # runtime.resident_clients fits this rank's memory share
-        error = memory_budget_error(cfg, rank, counts[rank], fed.num_classes, node.node_ranks)
     if not error and resume:
-        error = checkpoint_files_error(cfg, rank, client_ids_of(rank, counts))
+        error = checkpoint_files_error(cfg, rank, cids)
+    if not _verdict(comm, error):
+        return 2
+    try:  # collective: models built, probed and bound; memory budget of client ranks
+        ctx, error = setup(cfg, comm, device, fed, placement, node.node_ranks, resume)
+    except ConfigError as exc:
+        error = str(exc)
     if not _verdict(comm, error):
         return 2
     devices = gather_text(comm, f"rank {rank} on {MPI.Get_processor_name()}: {device}")
-    attrs = fedkd_attrs(cfg, comm, devices or [])
+    attrs = run_attrs(cfg, comm, devices or [], fed)
     if rank == 0:
         print(f"fedkd-mpi: {cfg.algorithm}, {cfg.data.num_clients} clients on "
               f"{comm.Get_size() - 1} client ranks, {cfg.train.rounds} rounds -> {cfg.output}",
               flush=True)
-    return run(cfg, comm, device, fed, attrs, resume=resume)
+    return run(ctx, fed, attrs)

@@ -26,7 +26,7 @@ from fedkd_mpi.runtime.client import Client
 
 def client_state(cl: Client) -> dict[str, Any]:
     """The private state of one client as a tree of tensors (for torch.save)."""
-    out: dict[str, Any] = {"cid": cl.cid, "state": dict(cl.state)}
+    out: dict[str, Any] = {"cid": cl.cid, "state": cl.state.state_dict()}
     for key in ("private", "proj", "opt_private", "opt_shared"):
         obj = getattr(cl, key)
         if obj is not None:
@@ -44,8 +44,7 @@ def load_client_state(cl: Client, saved: dict[str, Any]) -> None:
             raise ValueError(f"client {cl.cid}: saved state and model disagree on '{key}'")
         if obj is not None:
             obj.load_state_dict(saved[key])
-    cl.state.clear()
-    cl.state.update(saved["state"])
+    cl.state.load_state_dict(saved["state"])
 
 
 def atomic_save(obj: object, path: Path) -> None:

@@ -14,26 +14,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-FORMAT_VERSION = 2
-
-ROUND_FIELDS = ("round", "energy_threshold", "bytes_up", "bytes_down", "mentor_metric",
-                "mentee_metric", "wall_time_s", "codec_time_s", "comm_time_s",
-                "server_time_s", "train_time_s")
-CLIENT_FIELDS = ("bytes_up", "bytes_down", "mentor_metric", "mentee_metric",
-                 "mentor_train_loss", "mentee_train_loss", "num_samples", "train_time_s",
-                 "encode_time_s", "participated", "skipped")
-TIMING_PHASES = ("train_s", "encode_s", "comm_s", "aggregate_s", "decode_s", "eval_s",
-                 "round_s")
-_INT_FIELDS = {"round", "bytes_up", "bytes_down", "num_samples", "participated"}
-
-
-_INT8_FIELDS = {"skipped"}  # 1 = the client's update was dropped (runtime.nonfinite=skip)
-
-
-def _dtype(name: str) -> type:
-    if name in _INT8_FIELDS:
-        return np.int8
-    return np.int64 if name in _INT_FIELDS else np.float64
+from fedkd_mpi.storage.schema import (
+    CLIENT_FIELDS,
+    FORMAT_VERSION,
+    ROUND_FIELDS,
+    TIMING_PHASES,
+    dtype_of,
+)
 
 
 class RunWriter:
@@ -58,10 +45,10 @@ class RunWriter:
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["status"] = "running"
         for name in ROUND_FIELDS:
-            f.create_dataset(f"rounds/{name}", (0,), maxshape=(None,), dtype=_dtype(name),
+            f.create_dataset(f"rounds/{name}", (0,), maxshape=(None,), dtype=dtype_of(name),
                              chunks=(256,))
         for name in CLIENT_FIELDS:
-            f.create_dataset(f"clients/{name}", (0, n), maxshape=(None, n), dtype=_dtype(name),
+            f.create_dataset(f"clients/{name}", (0, n), maxshape=(None, n), dtype=dtype_of(name),
                              chunks=(16, n))
         for name in TIMING_PHASES:
             f.create_dataset(f"timing/{name}", (0, w), maxshape=(None, w), dtype=np.float64,

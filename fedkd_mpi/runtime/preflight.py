@@ -1,0 +1,128 @@
+"""Everything ``fedkd-mpi validate`` checks beyond the schema, and rank 0 checks before any
+rank starts: each named implementation (built-in or plug-in) resolves, is the right type and
+does what its interface promises on a real example.
+
+* dataset (``data.name``): loads, labels integer and in range, at least two classes, its input
+  kind accepted by the model family; the partition gives every client training examples;
+* model family (``model.kind``): its own check (pretrained folders: config.json against the
+  weights), both models build and return logits of the right width and what the algorithm's
+  enabled losses need (``fedkd.hidden_loss``: hidden states);
+* codec (the algorithm's codec field): encodes a probe update into a payload whose body has
+  the declared dtype and exactly ``body_nbytes(meta)`` bytes, and decodes it to the shapes;
+* aggregator (``train.aggregation``): combines two probe updates into the right shapes.
+
+Every failure is a :class:`~fedkd_mpi.config.ConfigError`: one line naming the config field.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from fedkd_mpi.config import Config, ConfigError
+
+
+def preflight(cfg: Config) -> None:
+    """Run every check (ConfigError on the first failure)."""
+    from fedkd_mpi.aggregators import aggregator_of
+    from fedkd_mpi.algorithms import build_algorithm
+    from fedkd_mpi.data import DataError, check_data
+    from fedkd_mpi.data.federated import _features
+    from fedkd_mpi.models import ModelOutputError, family_of, probe
+
+    alg = build_algorithm(cfg)
+    aggregator = aggregator_of(cfg)
+    family = family_of(cfg)
+    family.check()
+    try:
+        corpus = check_data(cfg.data, cfg.seed)
+    except DataError as exc:
+        raise ConfigError(str(exc)) from None
+    if corpus.input_kind not in family.input_kinds:
+        raise ConfigError(f"config error: 'model.kind': family '{family.name}' takes "
+                          f"{' or '.join(family.input_kinds)} inputs; data.name "
+                          f"'{cfg.data.name}' gives {corpus.input_kind}")
+    classes = len(corpus.class_names)
+    if cfg.data.metric == "f1" and classes != 2:
+        raise ConfigError(f"config error: 'data.metric': f1 (of the positive class) needs a "
+                          f"binary task; data.name '{cfg.data.name}' has {classes} classes "
+                          "(use accuracy or macro_f1)")
+    x = _features(corpus, np.arange(min(2, len(corpus.labels))), cfg.data)
+    shapes = {}
+    models = {}
+    for role in dict.fromkeys(r for r in (alg.private_role, alg.shared_role, "mentor",
+                                          "mentee") if r):
+        freeze = (cfg.model.freeze_embeddings if role == alg.shared_role
+                  else cfg.model.freeze_private_embeddings)
+        try:
+            models[role] = family.build(role, classes, 0, freeze)
+            shapes[role] = probe(models[role], x)
+        except ModelOutputError as exc:
+            raise ConfigError(f"config error: 'model.kind': the {role} of '{cfg.model.kind}' "
+                              f"{exc}") from None
+        except ConfigError:
+            raise
+        except Exception as exc:  # a plug-in family failing to build: one line
+            raise ConfigError(f"config error: 'model.kind': building the {role} of "
+                              f"'{cfg.model.kind}' failed: {type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+        if shapes[role].num_classes != classes:
+            raise ConfigError(f"config error: 'model.kind': the {role} returns "
+                              f"{shapes[role].num_classes} logits per example for "
+                              f"{classes} classes")
+    alg.check_models(shapes)
+    if alg.shared_role is None:
+        return
+    shared = models[alg.shared_role]
+    from fedkd_mpi.tensors import TensorSpec
+
+    specs = [TensorSpec(n, tuple(p.shape)) for n, p in shared.named_parameters()
+             if p.requires_grad]
+    alg.bind(specs, {})
+    _check_codec(alg, cfg)
+    _check_aggregator(aggregator, alg.wire_specs)
+
+
+def _probe_update(specs, scale: float, seed: int) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return [scale * torch.randn(s.shape, generator=gen) for s in specs]
+
+
+def _check_codec(alg, cfg: Config) -> None:
+    codec, field = alg.codec, alg.codec_field
+    name = alg.codec_name
+    specs = alg.wire_specs
+    try:
+        payload = codec.encode(_probe_update(specs, 1e-3, 0), 0, codec.new_state(0))
+        body = np.asarray(payload.body)
+        meta = np.asarray(payload.meta)
+        if meta.shape != (len(specs),):
+            raise ValueError(f"meta has shape {meta.shape}, expected ({len(specs)},)")
+        if body.dtype != np.dtype(codec.wire_dtype):
+            raise ValueError(f"payload body is {body.dtype}, wire_dtype says "
+                             f"{np.dtype(codec.wire_dtype)}")
+        declared = int(codec.body_nbytes(meta))
+        if declared != body.nbytes:
+            raise ValueError(f"body_nbytes(meta) declares {declared} bytes, the payload holds "
+                             f"{body.nbytes}")
+        out = codec.decode(payload)
+        got = [tuple(t.shape) for t in out]
+        if got != [tuple(s.shape) for s in specs]:
+            raise ValueError(f"decode returned shapes {got[:3]}..., expected the specs' shapes")
+    except Exception as exc:
+        raise ConfigError(f"config error: '{field}': codec '{name}' failed its probe: "
+                          f"{type(exc).__name__}: {exc}") from None
+
+
+def _check_aggregator(aggregator, specs) -> None:
+    ups = [_probe_update(specs, 1.0, s) for s in (1, 2)]
+    try:
+        out = aggregator.aggregate(ups, np.array([10, 20]))
+        if [tuple(t.shape) for t in out] != [tuple(s.shape) for s in specs]:
+            raise ValueError("the aggregate has other shapes than the updates")
+        if any(t.dtype != torch.float32 for t in out):
+            raise ValueError("the aggregate is not float32")
+    except Exception as exc:
+        raise ConfigError(f"config error: 'train.aggregation': aggregator "
+                          f"'{aggregator.name}' failed its probe: {type(exc).__name__}: "
+                          f"{exc}") from None

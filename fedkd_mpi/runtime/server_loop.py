@@ -1,0 +1,184 @@
+"""Rank 0: each round, gather the uploads, check them, aggregate, broadcast one download,
+apply it to its own replica, check every replica agrees and append the round to the HDF5
+file."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+from tqdm import tqdm
+
+from fedkd_mpi.comm.wire import SKIP, Message, pack, pack_skip, unpack
+from fedkd_mpi.data import FederatedData
+from fedkd_mpi.metrics import metric_names
+from fedkd_mpi.runtime.checkpoint import EXIT_INTERRUPTED, checkpoint_dir
+from fedkd_mpi.runtime.context import (
+    RANKVAL,
+    ROW,
+    Context,
+    checksum,
+    nanmean,
+    round_boundary,
+    rss_mb,
+)
+from fedkd_mpi.runtime.faults import describe, inject_fault, nonfinite_body, nonfinite_stop
+from fedkd_mpi.runtime.sampling import round_participants
+from fedkd_mpi.runtime.summary import print_summary, writer_for
+from fedkd_mpi.storage.h5 import RunWriter
+
+
+def server_main(ctx: Context, fed: FederatedData, attrs: dict[str, object]) -> int:
+    """Rank 0's whole run: the writer, every round, the final status and the summary."""
+    writer, attrs = writer_for(ctx, fed, attrs)
+    try:
+        history, code = _loop(ctx, fed, writer)
+    except BaseException as exc:
+        writer.close("failed", {"error": describe(exc)})
+        raise
+    if code:
+        writer.close("interrupted")
+        print(f"fedkd-mpi: stopped by a signal after round {len(history)}; checkpoint in "
+              f"{checkpoint_dir(ctx.cfg)}; continue with: fedkd-mpi run CONFIG ... --resume",
+              flush=True)
+        return code
+    writer.close("completed")
+    print_summary(ctx.cfg, history, attrs)
+    return 0
+
+
+def _check_uploads(ctx: Context, rnd: int, part: np.ndarray, parsed: list[Message],
+                   skipped: np.ndarray, rank_up: np.ndarray) -> None:
+    """Every participant's message is its own, of this round, and finite (or skipped)."""
+    nl = len(ctx.alg.specs)
+    for cid, msg in zip(part.tolist(), parsed, strict=True):
+        if msg.client_id != cid or msg.round != rnd:
+            raise RuntimeError(f"message from client {msg.client_id} round {msg.round + 1} "
+                               f"where client {cid} round {rnd + 1} was expected")
+        if not msg.skip and nonfinite_body(msg.encoded.body):
+            what = f"client {cid}, round {rnd + 1}: non-finite values in its update"
+            if ctx.cfg.runtime.nonfinite == "stop":
+                raise nonfinite_stop(what)
+            msg.flags |= SKIP
+        if msg.skip:  # runtime.nonfinite=skip: never averaged in
+            skipped[cid] = 1
+            continue
+        rank_up[cid] = msg.encoded.meta[:nl]
+
+
+def _exchange(ctx: Context, fed: FederatedData, rnd: int, mask: np.ndarray) -> dict:
+    """Gather, aggregate, broadcast, apply: the communication part of one round."""
+    alg, codec, n = ctx.alg, ctx.alg.codec, ctx.cfg.data.num_clients
+    nl = len(alg.specs)
+    out = dict(up=np.zeros(n, np.int64), down=np.zeros(n, np.int64),
+               rank_up=np.full((n, nl), -1, np.int64), rank_down=np.full(nl, -1, np.int64),
+               skipped=np.zeros(n, np.int8), t_agg=0.0, t_dec=0.0, t_comm=0.0)
+    if ctx.shared is None or codec is None:
+        return out
+    msgs, st = ctx.transport.gather_messages([])
+    t = time.perf_counter()
+    part = np.flatnonzero(mask)  # sampled clients; the others sent 0 bytes
+    if any(msgs[c].size for c in np.flatnonzero(~mask)):
+        raise RuntimeError(f"round {rnd + 1}: a client that was not sampled sent bytes")
+    parsed = [unpack(msgs[c], alg.wire_specs, codec.body_nbytes, codec.wire_dtype)
+              for c in part]
+    inject_fault(0, rnd)  # test hook FEDKD_MPI_FAULT=0:ROUND (rank 0 mid-round)
+    _check_uploads(ctx, rnd, part, parsed, out["skipped"], out["rank_up"])
+    out["up"][:] = [b.size for b in msgs]
+    keep = [m.encoded for m in parsed if not m.skip]
+    agg = None
+    if keep:
+        used = mask & (out["skipped"] == 0)
+        agg = alg.server_aggregate(keep, ctx.aggregator, fed.sizes[used], rnd)
+        down = pack(-1, rnd, agg, alg.wire_specs)
+        out["rank_down"][:] = agg.meta[:nl]
+    else:  # every participant skipped: a SKIP broadcast, the model stays
+        down = pack_skip(-1, rnd)
+    out["t_agg"] = time.perf_counter() - t
+    t = time.perf_counter()
+    ctx.transport.broadcast(down)
+    out["t_comm"] = st.transfer_s + time.perf_counter() - t
+    out["down"][mask] = down.size  # counted for the clients that take part
+    t = time.perf_counter()
+    if agg is not None:
+        update = alg.client_decode(agg, ctx.device)
+        alg.apply_update(ctx.params, [p.detach().clone() for p in ctx.params], update, [])
+    out["t_dec"] = time.perf_counter() - t
+    return out
+
+
+def _loop(ctx: Context, fed: FederatedData, writer: RunWriter) -> tuple[list[dict], int]:
+    """Rounds ``ctx.start`` .. R-1 on rank 0; returns (per-round records of all rounds, exit
+    code: 0 or EXIT_INTERRUPTED)."""
+    cfg, alg = ctx.cfg, ctx.alg
+    n, size, rounds = cfg.data.num_clients, ctx.comm.Get_size(), cfg.train.rounds
+    tty = sys.stderr.isatty() and cfg.runtime.progress
+    bar = tqdm(total=rounds, initial=ctx.start, desc=f"{cfg.algorithm}", unit="round",
+               disable=not tty, file=sys.stderr)
+    history = writer.records()  # rounds already in the file (resume)
+    names = metric_names(cfg.data.metric, fed.num_classes)
+    for rnd in range(ctx.start, rounds):
+        mask = round_participants(cfg.train, n, cfg.seed, rnd)
+        t_round = time.perf_counter()
+        threshold = alg.energy_threshold(rnd)
+        ex = _exchange(ctx, fed, rnd, mask)
+        rows = ctx.transport.gather_rows(np.zeros((0, len(ROW))), len(ROW))
+        rankvals = ctx.transport.gather_rank_values(np.zeros(len(RANKVAL)))
+        rv = {k: rankvals[:, i] for i, k in enumerate(RANKVAL)}
+        rv["aggregate_s"][0], rv["decode_s"][0], rv["comm_s"][0] = (ex["t_agg"], ex["t_dec"],
+                                                                   ex["t_comm"])
+        rv["rss_mb"][0] = rss_mb()
+        rv["round_s"][0] = time.perf_counter() - t_round
+        if ctx.shared is not None:
+            ref = checksum(ctx.params)
+            rv["checksum"][0] = ref
+            bad = [r for r in range(1, size) if int(rv["checksum"][r]) != ref]
+            if bad:
+                raise RuntimeError(f"round {rnd + 1}: shared-model replicas on ranks {bad} "
+                                   "differ from rank 0's (non-deterministic decode?)")
+        col = {k: rows[:, i] for i, k in enumerate(ROW)}
+        client_side = rv["encode_s"][1:] + rv["decode_s"][1:]
+        t_server = ex["t_agg"] + ex["t_dec"]
+        up, down = ex["up"], ex["down"]
+        rec = dict(
+            round=rnd + 1,
+            energy_threshold=np.nan if threshold is None else threshold,
+            bytes_up=int(up.sum()), bytes_down=int(down.sum()),
+            mentor_metric=nanmean(col["mentor_metric"]),
+            mentee_metric=nanmean(col["mentee_metric"]),
+            wall_time_s=time.perf_counter() - t_round,
+            codec_time_s=t_server + float(client_side.max(initial=0.0)),
+            comm_time_s=ex["t_comm"], server_time_s=t_server,
+            train_time_s=float(rv["train_s"][1:].max(initial=0.0)),
+        )
+        for name in names:
+            for role in ("mentor", "mentee"):
+                rec[f"{role}_{name}"] = float(np.mean(col[f"{role}_{name}"]))
+        clients = dict(bytes_up=up, bytes_down=down, mentor_metric=col["mentor_metric"],
+                       mentee_metric=col["mentee_metric"],
+                       mentor_train_loss=col["mentor_train_loss"],
+                       mentee_train_loss=col["mentee_train_loss"],
+                       num_samples=col["num_samples"].astype(np.int64),
+                       train_time_s=col["train_time_s"], encode_time_s=col["encode_time_s"],
+                       participated=mask.astype(np.int64), **{k: col[k] for k in ROW[8:]})
+        clients["skipped"] = ex["skipped"] | (np.nan_to_num(col["skipped"]) > 0).astype(np.int8)
+        writer.append(rec, clients, {k: rv[k] for k in ("train_s", "encode_s", "comm_s",
+                                                       "aggregate_s", "decode_s", "eval_s",
+                                                       "round_s")},
+                      rv["rss_mb"], ex["rank_up"], ex["rank_down"],
+                      rv["checksum"].astype(np.int64))
+        history.append(rec)
+        line = (f"round {rnd + 1}/{rounds}  T={rec['energy_threshold']:.4f}  "
+                f"mentor={rec['mentor_metric']:.4f}  mentee={rec['mentee_metric']:.4f}  "
+                f"up={up.mean() / 1e6:.3f} MB/client  {rec['wall_time_s']:.1f}s")
+        if tty:
+            bar.set_postfix_str(line.split("  ", 1)[1])
+            bar.update()
+        else:
+            print(line, flush=True)
+        if round_boundary(ctx, rnd, None):
+            bar.close()
+            return history, EXIT_INTERRUPTED
+    bar.close()
+    return history, 0

@@ -1,0 +1,37 @@
+"""The run file's schema, declared once for the writer (h5.py) and the reader
+(analysis/reader.py); docs/hdf5.md describes every item.
+
+Groups with one row per completed round along an unlimited first axis: ``rounds/`` (one value
+per round), ``clients/`` ([round, client]), ``timing/``, ``memory/``, ``replicas/``
+([round, rank]), ``layers/rank_up`` ([round, client, layer]) and ``layers/rank_down``. Fixed:
+``layers/names``, ``layers/shape``, ``partition/*``. Root attributes: the resolved config,
+provenance (dataset, class_names, versions, devices) and ``status``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+FORMAT_VERSION = 2
+
+ROUND_FIELDS = ("round", "energy_threshold", "bytes_up", "bytes_down", "mentor_metric",
+                "mentee_metric", "wall_time_s", "codec_time_s", "comm_time_s",
+                "server_time_s", "train_time_s")
+CLIENT_FIELDS = ("bytes_up", "bytes_down", "mentor_metric", "mentee_metric",
+                 "mentor_train_loss", "mentee_train_loss", "num_samples", "train_time_s",
+                 "encode_time_s", "participated", "skipped")
+TIMING_PHASES = ("train_s", "encode_s", "comm_s", "aggregate_s", "decode_s", "eval_s",
+                 "round_s")
+#: groups of [round, rank] datasets
+RANK_GROUPS = ("timing", "memory", "replicas")
+STATUSES = ("running", "completed", "interrupted", "failed")
+
+_INT_FIELDS = {"round", "bytes_up", "bytes_down", "num_samples", "participated"}
+_INT8_FIELDS = {"skipped"}  # 1 = the client's update was dropped (runtime.nonfinite=skip)
+
+
+def dtype_of(name: str) -> type:
+    """Storage dtype of a ``rounds/`` or ``clients/`` field."""
+    if name in _INT8_FIELDS:
+        return np.int8
+    return np.int64 if name in _INT_FIELDS else np.float64
