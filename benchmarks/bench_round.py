@@ -80,8 +80,8 @@ def main() -> None:
         return
     variants = {"default (svd_method=auto, server_path=auto)": []}
     if a.compare:
-        variants["svd_method=full, server_path=dense"] = ["fedkd.svd_method=full",
-                                                           "fedkd.server_path=dense"]
+        variants["svd_method=full, server_path=dense"] = ["svd.method=full",
+                                                           "svd.server_path=dense"]
     res = {}
     for i, (tag, extra) in enumerate(variants.items()):
         out = ROOT / "runs" / f"bench_round_{i}.h5"

@@ -68,7 +68,7 @@ RUN_ORDER = ["fedkd3", "centralized", "local", "fedkd2", "fedavg_mentor", "fedav
 OVERRIDES = {"fedkd2_mh": ["fedkd.mentor_hidden_loss=true"],
              "centralized_mentee3": ["local.model=mentee", "model.mentee.layers=3"],
              "centralized_mentee2": ["local.model=mentee", "model.mentee.layers=2"],
-             "fedkd2_paperT": ["fedkd.t_start=0.95", "fedkd.t_end=0.98"]}
+             "fedkd2_paperT": ["svd.t_start=0.95", "svd.t_end=0.98"]}
 
 
 def h5_path(key: str, seed: int) -> Path:

@@ -20,7 +20,7 @@ def _parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=help_)
         s.add_argument("config", help="YAML file (configs/*.yaml)")
         s.add_argument("overrides", nargs="*", metavar="key=value",
-                       help="dotted overrides, e.g. train.rounds=3 fedkd.t_start=0.9")
+                       help="dotted overrides, e.g. train.rounds=3 svd.t_start=0.9")
         if name == "validate":
             s.add_argument("--resume-state", action="store_true",
                            help="print only 'resume' (output file + checkpoint exist) or 'new' "

@@ -69,9 +69,9 @@ def test_no_hidden_or_attention_loss_drops_only_that_term(key, drop):
 
 
 def test_fixed_threshold_replaces_the_schedule_and_nothing_else():
-    sched = _alg("fedkd.t_start=0.8", "fedkd.t_end=0.95", "train.rounds=3")
-    fixed = _alg("fedkd.t_start=0.8", "fedkd.t_end=0.95", "train.rounds=3",
-                 "fedkd.schedule=fixed")
+    sched = _alg("svd.t_start=0.8", "svd.t_end=0.95", "train.rounds=3")
+    fixed = _alg("svd.t_start=0.8", "svd.t_end=0.95", "train.rounds=3",
+                 "svd.schedule=fixed")
     assert [round(sched.threshold(r), 6) for r in range(3)] == [0.85, 0.9, 0.95]
     assert [fixed.threshold(r) for r in range(3)] == [0.95, 0.95, 0.95]
     assert _parts(fixed) == pytest.approx(_parts(sched))  # the losses are unchanged

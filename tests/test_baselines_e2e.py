@@ -41,8 +41,8 @@ CASES = {
     "topk": (["algorithm=topk", "topk.ratio=0.05"], _topk, 1),
     "powersgd": (["algorithm=powersgd", "powersgd.rank=2"], _powersgd, 1),
     "scaffold": (["algorithm=scaffold"], _scaffold, 2),
-    "fedkd-ef-fp16-cap": (["algorithm=fedkd", "fedkd.error_feedback=true",
-                           "fedkd.factor_dtype=float16", "fedkd.max_rank=2"], _svd(2), 1),
+    "fedkd-ef-fp16-cap": (["algorithm=fedkd", "svd.error_feedback=true",
+                           "svd.factor_dtype=float16", "svd.max_rank=2"], _svd(2), 1),
 }
 
 

@@ -110,10 +110,10 @@ def test_failing_rank_aborts_job_with_traceback(tiny_run):
 
 
 def test_bad_config_one_line_once_exit_2(tiny_run):
-    res, out = tiny_run(3, "fedkd.t_start=1.5")
+    res, out = tiny_run(3, "svd.t_start=1.5")
     assert res.returncode == 2
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and "fedkd.t_start" in lines[0]
+    assert len(lines) == 1 and "svd.t_start" in lines[0]
     assert not out.exists()
 
 

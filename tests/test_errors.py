@@ -57,12 +57,12 @@ CONFIG_ROWS = [
     ("wrong-type", ["train.rounds=abc"],
      r"config error: 'train\.rounds': Input should be a valid integer, unable to parse string "
      r"as an integer \(got 'abc'\)"),
-    ("t-start-above-t-end", ["fedkd.t_start=0.99", "fedkd.t_end=0.9"],
-     r"config error: 'fedkd': t_start \(0\.99\) must be <= t_end \(0\.9\)"),
-    ("T-above-1", ["fedkd.t_end=1.5"],
-     r"config error: 'fedkd\.t_end': Input should be less than or equal to 1 \(got 1\.5\)"),
-    ("T-zero", ["fedkd.t_start=0"],
-     r"config error: 'fedkd\.t_start': Input should be greater than 0 \(got 0\)"),
+    ("t-start-above-t-end", ["svd.t_start=0.99", "svd.t_end=0.9"],
+     r"config error: 'svd': t_start \(0\.99\) must be <= t_end \(0\.9\)"),
+    ("T-above-1", ["svd.t_end=1.5"],
+     r"config error: 'svd\.t_end': Input should be less than or equal to 1 \(got 1\.5\)"),
+    ("T-zero", ["svd.t_start=0"],
+     r"config error: 'svd\.t_start': Input should be greater than 0 \(got 0\)"),
     ("zero-rounds", ["train.rounds=0"],
      r"config error: 'train\.rounds': Input should be greater than or equal to 1 \(got 0\)"),
     ("negative-rounds", ["train.rounds=-3"],
@@ -76,8 +76,26 @@ CONFIG_ROWS = [
      r"\(got 1\.5\)"),
     ("fraction-zero", ["data.test_fraction=0"],
      r"config error: 'data\.test_fraction': Input should be greater than 0 \(got 0\)"),
-    ("unknown-algorithm", ["algorithm=fedprox"],
-     r"config error: 'algorithm': Input should be 'fedkd', 'fedavg', .* \(got 'fedprox'\)"),
+    ("unknown-algorithm", ["algorithm=fedsgd"],
+     r"config error: 'algorithm': unknown algorithm 'fedsgd' \(valid: fedavg, fedkd, .*, or "
+     r"module:attribute\)"),
+    ("unknown-codec", ["fedkd.codec=zip"],
+     r"config error: 'fedkd\.codec': unknown codec 'zip' \(valid: dense, fedpaq, .*, or "
+     r"module:attribute\)"),
+    ("unknown-aggregator", ["train.aggregation=krum"],
+     r"config error: 'train\.aggregation': unknown aggregator 'krum' \(valid: median, .*\)"),
+    ("plugin-not-importable", ["data.name=no_such_pkg.data:Corpus"],
+     r"config error: 'data\.name': cannot import 'no_such_pkg\.data' \(ModuleNotFoundError: "
+     r"No module named 'no_such_pkg'\)"),
+    ("plugin-wrong-type", ["fedkd.codec=json:dumps"],
+     r"config error: 'fedkd\.codec': json:dumps is a function, not a subclass of "
+     r"fedkd_mpi\.codecs\.base\.Codec"),
+    ("alias-codec-conflict", ["algorithm=topk", "fedavg.codec=svd"],
+     r"config error: 'fedavg\.codec': algorithm 'topk' is fedavg with codec topk; for codec svd "
+     r"use algorithm=fedavg fedavg\.codec=svd"),
+    ("f1-needs-binary", ["data.name=bbc_news", "data.metric=f1"],
+     r"config error: 'data\.metric': f1 \(of the positive class\) needs a binary task; "
+     r"data\.name 'bbc_news' has 5 classes \(use accuracy or macro_f1\)"),
     ("nonfinite-policy", ["runtime.nonfinite=maybe"],
      r"config error: 'runtime\.nonfinite': Input should be 'stop' or 'skip' \(got 'maybe'\)"),
     ("mentee-deeper", ["model.mentee.layers=9"],
@@ -90,9 +108,10 @@ CONFIG_ROWS = [
     ("override-not-key-value", ["train.rounds"],
      r"config error: override 'train\.rounds' is not of the form key=value"),
     ("task-model-mismatch", ["data.name=fashion_mnist"],
-     r"config error: config: data\.name 'fashion_mnist' and model\.kind 'tiny' do not fit .*"),
+     r"config error: 'model\.kind': family 'tiny' takes tokens inputs; data\.name "
+     r"'fashion_mnist' gives images"),
     ("pretrained-missing", ["model.kind=hf", "model.pretrained=/nonexistent/minilm"],
-     r"config error: config: 'model\.pretrained' '/nonexistent/minilm' is neither a packaged "
+     r"config error: 'model\.pretrained' '/nonexistent/minilm' is neither a packaged "
      r"model \(.*\) nor an existing folder"),
 ]
 
@@ -114,13 +133,13 @@ def test_pretrained_folder_malformed(validate, tmp_path):
     bad.mkdir()
     (bad / "config.json").write_text("{not json")
     line = validate(str(TINY), "model.kind=hf", f"model.pretrained={bad}")
-    assert line == (f"config error: config: 'model.pretrained' '{bad}': {bad}/config.json is "
+    assert line == (f"config error: 'model.pretrained' '{bad}': {bad}/config.json is "
                     "missing or not valid JSON (JSONDecodeError)")
     (bad / "config.json").write_text('{"model_type": "bert", "num_hidden_layers": 6, '
                                      '"hidden_size": 384, "num_attention_heads": 12}')
     (bad / "model.safetensors").write_bytes(b"junk")
     line = validate(str(TINY), "model.kind=hf", f"model.pretrained={bad}")
-    assert line.startswith(f"config error: config: 'model.pretrained' '{bad}': "
+    assert line.startswith(f"config error: 'model.pretrained' '{bad}': "
                            "model.safetensors is not a readable safetensors file")
 
 

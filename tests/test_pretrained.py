@@ -13,9 +13,9 @@ import torch
 from fedkd_mpi.comm.wire import header_bytes
 from fedkd_mpi.config import ConfigError, load_config
 from fedkd_mpi.data import wordpiece
-from fedkd_mpi.models import build_for
+from fedkd_mpi.models import build_for, family_of
 from fedkd_mpi.models.hf import build_hf, resolve, tokenizer_file
-from fedkd_mpi.runtime.run import count_trainable, dense_message_bytes
+from fedkd_mpi.runtime.summary import count_trainable, dense_message_bytes
 
 from .conftest import ROOT, run_job
 
@@ -91,16 +91,19 @@ def test_frozen_embeddings_are_not_trained_sent_or_counted():
 
 
 def test_bad_pretrained_folder_is_one_line_exit_2(tmp_path):
+    def check(*overrides: str) -> None:  # what validate runs on the model family
+        family_of(load_config(None, [*HF, *overrides])).check()
+
     with pytest.raises(ConfigError, match="neither a packaged model"):
-        load_config(None, [*HF, f"model.pretrained={tmp_path / 'missing'}"])
+        check(f"model.pretrained={tmp_path / 'missing'}")
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ConfigError, match="not valid JSON"):
-        load_config(None, [*HF, f"model.pretrained={tmp_path}"])
+        check(f"model.pretrained={tmp_path}")
     (tmp_path / "config.json").write_text(json.dumps(
         {"model_type": "bert", "num_hidden_layers": 6, "hidden_size": 8,
          "num_attention_heads": 2}))
     with pytest.raises(ConfigError, match="no weights file"):
-        load_config(None, [*HF, f"model.pretrained={tmp_path}"])
+        check(f"model.pretrained={tmp_path}")
     (tmp_path / "model.safetensors").write_bytes(b"\x10\x00garbage")
     res = run_job(1, "validate", str(ROOT / "configs/paper/fedkd2.yaml"),
                   f"model.pretrained={tmp_path}", launcher=False, timeout=60)
@@ -108,7 +111,7 @@ def test_bad_pretrained_folder_is_one_line_exit_2(tmp_path):
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "model.pretrained" in lines[0] and "safetensors" in lines[0]
     with pytest.raises(ConfigError, match="exceeds the 6 layers"):
-        load_config(None, [*HF, "model.mentor.layers=7"])
+        check("model.mentor.layers=7")
 
 
 def test_pretrained_fedkd_job_under_mpiexec(tmp_path):

@@ -10,6 +10,9 @@ import pytest
 import torch
 from torch import nn
 
+from fedkd_mpi.aggregators.mean import Uniform, Weighted
+from fedkd_mpi.algorithms.base import AlgState, ClientState
+from fedkd_mpi.codecs.topk import TopKState
 from fedkd_mpi.config import Config, ConfigError, config_from_dict
 from fedkd_mpi.data import ClientData
 from fedkd_mpi.runtime import checkpoint, sampling
@@ -44,8 +47,9 @@ def test_sample_count_above_num_clients_is_a_config_error():
 def test_aggregation_weights_over_participants_only():
     sizes = np.array([10, 20, 30, 40])
     mask = np.array([True, False, True, False])
-    assert sampling.aggregation_weights("uniform", sizes, mask).tolist() == [1.0, 1.0]
-    assert sampling.aggregation_weights("weighted", sizes, mask).tolist() == [10.0, 30.0]
+    cfg = config_from_dict({})
+    assert Uniform(cfg).weights(sizes[mask]).tolist() == [1.0, 1.0]
+    assert Weighted(cfg).weights(sizes[mask]).tolist() == [10.0, 30.0]
 
 
 # -- residency -----------------------------------------------------------------------------
@@ -53,7 +57,8 @@ def _factory(cid: int) -> Client:
     torch.manual_seed(cid)
     data = ClientData(cid, torch.zeros(4, 3, dtype=torch.long), torch.zeros(4, dtype=torch.long),
                       torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, dtype=torch.long))
-    cl = Client(cid, data, private=nn.Linear(8, 4), proj=nn.ModuleList([nn.Linear(4, 4)]))
+    state = ClientState(TopKState(cid, [torch.zeros(3)]), AlgState(cid))
+    cl = Client(cid, data, state, private=nn.Linear(8, 4), proj=nn.ModuleList([nn.Linear(4, 4)]))
     cl.opt_private = torch.optim.Adam(cl.private.parameters(), lr=0.1)
     cl.opt_shared = torch.optim.Adam(cl.proj.parameters(), lr=0.1)
     return cl
@@ -67,7 +72,7 @@ def _train(cl: Client, steps: int = 2) -> None:
         loss.backward()
         for o in (cl.opt_private, cl.opt_shared):
             o.step()
-    cl.state["residual"] = cl.state.get("residual", torch.zeros(3)) + 1.0
+    cl.state.codec.residual = [cl.state.codec.residual[0] + 1.0]
 
 
 def _same(a: dict, b: dict) -> bool:
@@ -94,8 +99,8 @@ def test_spilled_clients_come_back_bit_identical(tmp_path):
         assert _same(client_state(store.get(c)), client_state(ref[c])), c
     states = store.states()  # lazily materialised, changes persist through spilling
     for s in states:
-        s["residual"] += 10
-    assert all(float(store.get(c).state["residual"][0]) == 13.0 for c in range(5))
+        s.codec.residual[0] += 10
+    assert all(float(store.get(c).state.codec.residual[0][0]) == 13.0 for c in range(5))
     spill_dir = store.dir
     store.close()
     assert not spill_dir.exists()

@@ -24,6 +24,12 @@ def _cfg(run: Run, key: str, default: Any = "?") -> Any:
         return default
 
 
+def _svd(run: Run, key: str) -> Any:
+    """An SVD codec setting (``svd.*``; ``fedkd.*`` in files written before it moved)."""
+    value = _cfg(run, f"svd.{key}", None)
+    return value if value is not None else _cfg(run, f"fedkd.{key}")
+
+
 def _model_desc(run: Run, role: str) -> str:
     m = _cfg(run, f"model.{role}", None)
     if not isinstance(m, dict):
@@ -49,9 +55,15 @@ def summary_rows(run: Run) -> list[list[str]]:
              ["seed / clients / ranks", f"{s.seed} / {s.num_clients} / {s.world_size}"],
              ["data", f"{_cfg(run, 'data.name')}, {_cfg(run, 'data.partition')} partition"],
              ["mentor / mentee", f"{_model_desc(run, 'mentor')} / {_model_desc(run, 'mentee')}"]]
-    if alg == "fedkd":
-        rows.append(["energy threshold T", f"{_cfg(run, 'fedkd.t_start')} -> "
-                     f"{_cfg(run, 'fedkd.t_end')} ({_cfg(run, 'fedkd.schedule')} schedule)"])
+    classes = run.attrs.get("class_names")
+    if classes is not None and len(classes):
+        rows.append(["classes", ", ".join(str(c) for c in classes)])
+    codec = _cfg(run, "fedkd.codec" if alg == "fedkd" else "fedavg.codec", None)
+    if codec is not None:
+        rows.append(["codec", str(codec)])
+    if codec == "svd" or (alg == "fedkd" and codec is None):  # None: files before svd.*
+        rows.append(["energy threshold T", f"{_svd(run, 't_start')} -> "
+                     f"{_svd(run, 't_end')} ({_svd(run, 'schedule')} schedule)"])
     for name in s.metric_names:
         for m in MODELS:
             rows.append([f"final {m} {name} (mean over clients)", fmt(s.final[f"{m}_{name}"])])

@@ -1,25 +1,31 @@
-"""Mentor/mentee builders and the layer map between them."""
+"""Model families (``model.kind``): the mentor/mentee builders, :func:`probe` and the layer
+map between mentor and mentee. See :mod:`fedkd_mpi.models.base` for the interface."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from torch import nn
 
-from fedkd_mpi.models.transformer import EncoderOutput, TinyEncoder, build_model, layer_map
+from fedkd_mpi.models.base import (
+    EncoderOutput,
+    ModelFamily,
+    ModelOutputError,
+    ModelShape,
+    family_of,
+    layer_map,
+    probe,
+)
+from fedkd_mpi.models.transformer import TinyEncoder, build_model
 
-__all__ = ["EncoderOutput", "TinyEncoder", "build_for", "build_model", "layer_map"]
+if TYPE_CHECKING:
+    from fedkd_mpi.config import Config
+
+__all__ = ["EncoderOutput", "ModelFamily", "ModelOutputError", "ModelShape", "TinyEncoder",
+           "build_for", "build_model", "family_of", "layer_map", "probe"]
 
 
-def build_for(cfg, role: str, num_classes: int, seed: int, freeze_embeddings: bool) -> nn.Module:
-    """The ``role`` ("mentor"/"mentee") model of ``cfg.model.kind`` (tiny | hf | cnn)."""
-    m = cfg.model
-    spec = getattr(m, role)
-    if m.kind == "hf":
-        from fedkd_mpi.models.hf import build_hf
-
-        return build_hf(m.pretrained, spec.layers, num_classes, seed, freeze_embeddings)
-    if m.kind == "cnn":
-        from fedkd_mpi.models.cnn import build_cnn
-
-        return build_cnn(spec, num_classes, seed, freeze_embeddings)
-    return build_model(spec, cfg.data.vocab_size, cfg.data.max_len, num_classes, seed,
-                       freeze_embeddings)
+def build_for(cfg: Config, role: str, num_classes: int, seed: int,
+              freeze_embeddings: bool) -> nn.Module:
+    """The ``role`` ("mentor"/"mentee") model of the family ``cfg.model.kind``."""
+    return family_of(cfg).build(role, num_classes, seed, freeze_embeddings)

@@ -8,11 +8,15 @@ loss (with W^h mapping mentee to mentor channels) applies unchanged; there are n
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
-from fedkd_mpi.config import TransformerSpec
-from fedkd_mpi.models.transformer import EncoderOutput
+from fedkd_mpi.models.base import EncoderOutput, ModelFamily
+
+if TYPE_CHECKING:
+    from fedkd_mpi.config import TransformerSpec
 
 MEAN, STD = 0.286, 0.353  # Fashion-MNIST pixel statistics (training set)
 
@@ -58,3 +62,14 @@ def build_cnn(spec: TransformerSpec, num_classes: int, seed: int,
         for p in model.embeddings.parameters():
             p.requires_grad_(False)
     return model
+
+
+class CNNFamily(ModelFamily):
+    """``cnn``: :class:`CNNEncoder` (1-channel 28x28 images), ``model.<role>.layers`` blocks of
+    ``hidden`` channels; ``heads`` and ``ffn`` are unused."""
+
+    name = "cnn"
+    input_kinds = ("images",)
+
+    def build(self, role: str, num_classes: int, seed: int, freeze_embeddings: bool) -> nn.Module:
+        return build_cnn(self.spec(role), num_classes, seed, freeze_embeddings)

@@ -4,6 +4,10 @@ layers, both with a classification head on the pooled output.
 ``model.pretrained`` is either a packaged name (:data:`PACKAGED`) or a local folder holding a
 Hugging Face ``config.json`` and weights (``model.safetensors`` or ``pytorch_model.bin``).
 Nothing is ever downloaded: ``HF_HUB_OFFLINE=1`` is set before ``transformers`` is imported.
+
+The ``hf`` model family (:class:`HFFamily`): ``model.mentor.layers`` / ``model.mentee.layers``
+say how many layers each keeps; their ``hidden``, ``heads`` and ``ffn`` are ignored (the
+checkpoint's; :func:`fedkd_mpi.models.probe` reads them from the built modules).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fedkd_mpi.models.transformer import EncoderOutput
+from fedkd_mpi.models.base import EncoderOutput, ModelFamily, _first_line
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -160,3 +164,77 @@ def build_hf(name: str, layers: int, num_classes: int, seed: int,
         for p in model.embeddings.parameters():
             p.requires_grad_(False)
     return model
+
+
+@lru_cache(maxsize=8)
+def _build_error(name: str, layers: int) -> str | None:
+    """None if the ``layers``-layer mentor of ``name`` builds, else the one-line error."""
+    try:
+        build_hf(name, layers, 2, 0, True)
+    except Exception as exc:  # whatever transformers raises on a config/weights mismatch
+        why = _first_shape_mismatch(name, layers) or f"{type(exc).__name__}: {_first_line(exc)}"
+        return (f"config error: 'model.pretrained' {name!r}: config.json does not match the "
+                f"weights ({_first_line(why, 200)})")
+    return None
+
+
+def _first_shape_mismatch(name: str, layers: int) -> str | None:
+    """'<tensor> is [..] in model.safetensors, config.json gives [..]' for the first tensor
+    whose shapes differ (the model skeleton on the meta device: no memory, no init); None
+    when there is no safetensors file or no such tensor."""
+    try:
+        from safetensors import safe_open
+        from transformers import AutoConfig, AutoModel
+
+        path = resolve(name)
+        conf = AutoConfig.from_pretrained(path, num_hidden_layers=layers)
+        with torch.device("meta"):
+            model = AutoModel.from_config(conf)
+        want = {k: list(v.shape) for k, v in model.state_dict().items()}
+        prefix = f"{model.base_model_prefix}."
+        with safe_open(str(path / WEIGHT_FILES[0]), "pt") as fh:
+            for key in fh.keys():
+                got = list(fh.get_slice(key).get_shape())
+                mine = key[len(prefix):] if key.startswith(prefix) else key
+                if mine in want and want[mine] != got:
+                    return (f"{key} is {got} in {WEIGHT_FILES[0]}, config.json gives "
+                            f"{want[mine]}")
+    except Exception:  # no detail available: the caller reports the build error itself
+        return None
+    return None
+
+
+class HFFamily(ModelFamily):
+    """``hf``: the pretrained encoder ``model.pretrained`` truncated to ``model.<role>.layers``
+    layers (:func:`build_hf`)."""
+
+    name = "hf"
+    input_kinds = ("tokens",)
+
+    def build(self, role: str, num_classes: int, seed: int, freeze_embeddings: bool) -> nn.Module:
+        return build_hf(self.cfg.model.pretrained, self.spec(role).layers, num_classes, seed,
+                        freeze_embeddings)
+
+    def check(self) -> None:
+        """The folder is readable, deep enough for ``model.mentor.layers``, and its config.json
+        fits its weights: the mentor is built once per process, folder and depth (cached;
+        all-MiniLM-L6-v2: ~2.5 s cold on top of importing transformers, then microseconds)."""
+        from fedkd_mpi.config import ConfigError
+
+        m = self.cfg.model
+        try:
+            conf = inspect(m.pretrained)
+        except PretrainedError as exc:
+            raise ConfigError(f"config error: {exc}") from None
+        try:
+            layers = int(conf["num_hidden_layers"])
+        except (TypeError, ValueError):
+            raise ConfigError(f"config error: 'model.pretrained' {m.pretrained!r}: config.json "
+                              f"'num_hidden_layers' is not an integer "
+                              f"({conf['num_hidden_layers']!r})") from None
+        if m.mentor.layers > layers:
+            raise ConfigError(f"config error: 'model.mentor.layers': {m.mentor.layers} exceeds "
+                              f"the {layers} layers of model.pretrained '{m.pretrained}'")
+        error = _build_error(m.pretrained, m.mentor.layers)
+        if error is not None:
+            raise ConfigError(error)

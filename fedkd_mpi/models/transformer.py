@@ -1,21 +1,20 @@
-"""A small BERT-style encoder that exposes per-layer hidden states and attention maps."""
+"""A small BERT-style encoder that exposes per-layer hidden states and attention maps: the
+``tiny`` model family (trained from scratch, shapes from ``model.mentor`` / ``model.mentee``)."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from fedkd_mpi.config import TransformerSpec
+from fedkd_mpi.models.base import EncoderOutput, ModelFamily, layer_map
 
+if TYPE_CHECKING:
+    from fedkd_mpi.config import TransformerSpec
 
-@dataclass
-class EncoderOutput:
-    logits: torch.Tensor  # (B, C)
-    hidden_states: list[torch.Tensor]  # per layer output, (B, L, d); embeddings excluded
-    attentions: list[torch.Tensor]  # per layer post-softmax probabilities, (B, h, L, L)
+__all__ = ["Block", "EncoderOutput", "TinyEncoder", "TinyFamily", "build_model", "layer_map"]
 
 
 class Block(nn.Module):
@@ -93,6 +92,14 @@ def build_model(
     return model
 
 
-def layer_map(mentor_layers: int, mentee_layers: int) -> list[tuple[int, int]]:
-    """Pairs (mentee k, mentor m) 0-based: mentee layer k+1 <-> mentor layer (k+1)*Lt/Ls."""
-    return [(k, (k + 1) * mentor_layers // mentee_layers - 1) for k in range(mentee_layers)]
+class TinyFamily(ModelFamily):
+    """``tiny``: :class:`TinyEncoder` from scratch, vocabulary ``data.vocab_size``, positions
+    ``data.max_len``, shape ``model.<role>``."""
+
+    name = "tiny"
+    input_kinds = ("tokens",)
+
+    def build(self, role: str, num_classes: int, seed: int, freeze_embeddings: bool) -> nn.Module:
+        d = self.cfg.data
+        return build_model(self.spec(role), d.vocab_size, d.max_len, num_classes,
+                           seed, freeze_embeddings)

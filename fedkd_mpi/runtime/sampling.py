@@ -35,12 +35,3 @@ def participants(num_clients: int, rnd: int, seed: int, fraction: float = 1.0,
 def round_participants(cfg: TrainConfig, num_clients: int, seed: int, rnd: int) -> np.ndarray:
     """:func:`participants` from the ``train`` section."""
     return participants(num_clients, rnd, seed, cfg.sample_fraction, cfg.sample_count)
-
-
-def aggregation_weights(mode: str, sizes: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Weights of the participating clients (client-id order), not normalised.
-
-    ``uniform``: 1 each; ``weighted``: training examples of each participant.
-    """
-    sizes = np.asarray(sizes, dtype=np.float64)[mask]
-    return np.ones_like(sizes) if mode == "uniform" else sizes
