@@ -65,9 +65,10 @@ def flower_job(a: argparse.Namespace) -> dict:
             fed = load_federated(cfg.data, cfg.seed, [cid])
             model = build_for(cfg, "mentee", fed.num_classes, torch_seed(cfg.seed, "init"),
                               cfg.model.freeze_embeddings)
-            cl = Client(cid, fed.clients[cid])
+            alg = build_algorithm(cfg)
+            cl = Client(cid, fed.clients[cid], alg.new_state(cid))
             cl.opt_shared = make_optimizer(trainable(model), "sgd", cfg.train.lr_mentee)
-            cache[cid] = (cfg, build_algorithm(cfg), model, cl)
+            cache[cid] = (cfg, alg, model, cl)
         return cache[cid]
 
     def load(model, msg):

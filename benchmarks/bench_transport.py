@@ -20,6 +20,7 @@ import numpy as np
 from mpi4py import MPI
 
 from fedkd_mpi.comm.mpi import Transport
+from fedkd_mpi.comm.placement import Placement
 
 comm = MPI.COMM_WORLD
 rank, size = comm.Get_rank(), comm.Get_size()
@@ -42,8 +43,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--poll-ms", type=float, nargs="+", default=[2.0, 0.0])
     a = ap.parse_args()
-    counts = [0] + [1] * (size - 1)
-    transports = {p: Transport(comm, counts, p / 1000.0) for p in a.poll_ms}
+    placement = Placement(size - 1, size)  # one client per client rank
+    transports = {p: Transport(comm, placement, p / 1000.0) for p in a.poll_ms}
     if rank == 0:
         print(f"{size} ranks ({size - 1} clients), MPI: "
               f"{MPI.Get_library_version().splitlines()[0].strip()}; MB/s = payload bytes moved "

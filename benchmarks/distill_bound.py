@@ -30,7 +30,7 @@ import torch
 from paper_table import completed, h5_path, summarise  # benchmarks/paper_table.py
 from torch import nn
 
-from fedkd_mpi.algorithms.base import Local
+from fedkd_mpi.algorithms.local import Local
 from fedkd_mpi.algorithms.losses import LossSwitches, fedkd_loss
 from fedkd_mpi.config import load_config
 from fedkd_mpi.data import ClientData, load_federated
@@ -72,10 +72,10 @@ class OracleDistill(Local):
 def train_rounds(model: nn.Module, data, cfg, cid: int, lr: float,
                  teacher: nn.Module | None) -> None:
     """All rounds through the runtime's own ``local_train`` (same batches, dropout seeds)."""
-    cl = Client(cid, data, private=model,
+    alg = OracleDistill(cfg)
+    cl = Client(cid, data, alg.new_state(cid), private=model,
                 opt_private=make_optimizer(trainable(model), cfg.train.optimizer, lr))
     shared = None if teacher is None else FrozenTeacher(teacher)
-    alg = OracleDistill(cfg)
     for rnd in range(cfg.train.rounds):
         local_train(alg, cl, shared, cfg, rnd, DEV)
 

@@ -34,7 +34,7 @@ from fedkd_mpi.config import CHECKPOINT_MANIFEST as MANIFEST
 from fedkd_mpi.config import Config, ConfigError, checkpoint_dir
 from fedkd_mpi.runtime.residency import atomic_save, load_tree
 
-FORMAT = 1
+FORMAT = 2  # 2: typed client state (ClientState: codec + algorithm state)
 #: exit status of a run that checkpointed on a signal and stopped (resume with --resume)
 EXIT_INTERRUPTED = 3
 #: config sections that may differ on resume (they do not change the results)

@@ -82,7 +82,8 @@ def test_a_model_without_hidden_states_and_fedkd_hidden_loss():
 def test_a_forward_that_is_not_an_encoder_output():
     line = _line(f"model.kind={__name__}:BareLogits")
     assert line.startswith(f"config error: 'model.kind': the mentor of '{__name__}:BareLogits' "
-                           "forward returned a Tensor without .logits; expected an EncoderOutput"), line
+                           "forward returned a Tensor without .logits; expected an "
+                           "EncoderOutput"), line
 
 
 def test_a_codec_that_misdeclares_its_size():

@@ -15,7 +15,7 @@ import numpy as np
 from fedkd_mpi.comm.wire import SKIP_BYTES
 from fedkd_mpi.storage.h5 import open_live
 
-from .conftest import FEDKD, MPIEXEC, ROOT, TINY
+from ..conftest import FEDKD, MPIEXEC, ROOT, TINY
 
 
 def _fail(res) -> str:

@@ -13,7 +13,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fedkd_mpi.codecs.svd import DENSE, Encoded, TensorSpec, decode, encode
+from fedkd_mpi.codecs.svd import DENSE, SVDCodec, TensorSpec, decode, encode
 from fedkd_mpi.comm.wire import (
     DTYPE_CODES,
     FIXED,
@@ -28,8 +28,11 @@ from fedkd_mpi.comm.wire import (
     pack_skip,
     unpack,
 )
+from fedkd_mpi.config import load_config
+from fedkd_mpi.tensors import Payload
 
 SPECS = [TensorSpec("a", (12, 8)), TensorSpec("b", (8,)), TensorSpec("c", (3, 5))]
+SVD_SETTINGS = load_config(None).svd  # float32 factors: the paper's codec
 FUZZ = settings(max_examples=300, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow])
 
@@ -45,10 +48,34 @@ MSG = _message()
 DENSE_MSG = _message(None)
 
 
-def _check_accepted(buf: np.ndarray, specs=SPECS, **kw) -> None:
-    """Parse; on success the message must be self-consistent and decodable."""
+def svd_rule(specs=SPECS):
+    """The SVD codec's size rule (the paper's: float32, K in [1, min(P, Q)] or -1 dense)."""
+    return SVDCodec(SVD_SETTINGS, specs, 0, 1).body_nbytes
+
+
+def unpack_svd(buf: np.ndarray, specs=SPECS):
+    """unpack with the SVD codec's rule and float32 bodies (what the old default was)."""
+    return unpack(buf, specs, svd_rule(specs), np.float32)
+
+
+def announced_dtype(buf: np.ndarray) -> np.dtype:
+    """The body dtype the header announces (float32 when unreadable or unknown): a custom
+    rule then accepts any coded body dtype."""
+    buf = np.asarray(buf).reshape(-1)
+    if buf.dtype != np.uint8 or buf.size < 8 * FIXED:
+        return np.dtype(np.float32)
+    code = int(np.frombuffer(buf[48:56].tobytes(), "<i8")[0])
+    return DTYPE_CODES.get(code, np.dtype(np.float32))
+
+
+def _check_accepted(buf: np.ndarray, specs=SPECS, body_nbytes=None) -> None:
+    """Parse (the SVD rule and float32, or a custom rule and the announced dtype); on
+    success the message must be self-consistent and (SVD) decodable."""
     try:
-        msg = unpack(buf, specs, **kw)
+        if body_nbytes is None:
+            msg = unpack_svd(buf, specs)
+        else:
+            msg = unpack(buf, specs, body_nbytes, announced_dtype(buf))
     except WireError as exc:
         assert "\n" not in str(exc)
         return
@@ -56,15 +83,15 @@ def _check_accepted(buf: np.ndarray, specs=SPECS, **kw) -> None:
         assert msg.encoded is None and buf.size == SKIP_BYTES
         return
     assert msg.encoded.body.nbytes == buf.size - header_bytes(len(specs))
-    if not kw:
+    if body_nbytes is None:
         out = decode(msg.encoded, specs)
         assert [tuple(t.shape) for t in out] == [s.shape for s in specs]
 
 
 def test_round_trip_and_header_layout():
-    back = unpack(MSG, SPECS)
+    back = unpack_svd(MSG, SPECS)
     assert (back.client_id, back.round, back.skip) == (4, 2, False)
-    assert back.encoded.ranks.tolist()[1:] == [DENSE, DENSE] and back.encoded.ranks[0] >= 1
+    assert back.encoded.meta.tolist()[1:] == [DENSE, DENSE] and back.encoded.meta[0] >= 1
     words = MSG[: 8 * FIXED].view("<i8")
     assert words.tolist()[:2] == [MAGIC, VERSION]
     assert words[5] == MSG.size - header_bytes(3) and words[6] == dtype_code(np.float32)
@@ -76,7 +103,7 @@ def test_other_body_dtypes_with_codec_size_rule(dt):
     """A codec with its own body (e.g. 8-bit values) passes its own size rule and dtype."""
     numel = [s.numel for s in SPECS]
     body = np.arange(sum(numel), dtype=dt)
-    enc = Encoded(np.array([8, 8, 8]), body)  # meta = bits per value, say
+    enc = Payload(np.array([8, 8, 8]), body)  # meta = bits per value, say
 
     def size(meta: np.ndarray) -> int:
         if (meta != 8).any():
@@ -87,10 +114,10 @@ def test_other_body_dtypes_with_codec_size_rule(dt):
     back = unpack(buf, SPECS, body_nbytes=size, dtype=dt)
     assert back.encoded.body.dtype == np.dtype(dt) and np.array_equal(back.encoded.body, body)
     with pytest.raises(WireError, match="expected float32"):
-        unpack(buf, SPECS)  # the default (SVD) rule wants float32
-    bad = pack(1, 0, Encoded(np.array([8, 4, 8]), body), SPECS)
+        unpack(buf, SPECS, svd_rule(), np.float32)  # the SVD rule wants float32
+    bad = pack(1, 0, Payload(np.array([8, 4, 8]), body), SPECS)
     with pytest.raises(WireError, match="only 8 supported"):
-        unpack(bad, SPECS, body_nbytes=size)
+        unpack(bad, SPECS, body_nbytes=size, dtype=dt)
     other = np.float32 if dt != np.float32 else np.float16
     with pytest.raises(WireError, match="expected"):
         unpack(buf, SPECS, body_nbytes=size, dtype=other)
@@ -98,23 +125,23 @@ def test_other_body_dtypes_with_codec_size_rule(dt):
 
 def test_odd_offsets_inside_a_gathered_buffer_are_aligned_copies():
     """uint8 bodies make later messages start at odd offsets; views must still be usable."""
-    odd = pack(0, 0, Encoded(np.zeros(3, np.int64), np.zeros(3, np.uint8)),
+    odd = pack(0, 0, Payload(np.zeros(3, np.int64), np.zeros(3, np.uint8)),
                [TensorSpec("x", (3,))] * 3)
     cat = np.concatenate([odd[:-2], MSG])  # MSG now starts at an offset that is 1 mod 8
     part = cat[odd.size - 2 :]
-    back = unpack(part, SPECS)
+    back = unpack_svd(part, SPECS)
     assert back.encoded.body.flags.aligned
-    assert np.array_equal(back.encoded.body, unpack(MSG, SPECS).encoded.body)
+    assert np.array_equal(back.encoded.body, unpack_svd(MSG, SPECS).encoded.body)
 
 
 def test_skip_message():
     buf = pack_skip(3, 5)
     assert buf.size == SKIP_BYTES == 64
-    msg = unpack(buf, SPECS)
+    msg = unpack_svd(buf, SPECS)
     assert msg.skip and msg.encoded is None and (msg.client_id, msg.round) == (3, 5)
     assert msg.flags == SKIP
     with pytest.raises(WireError, match="SKIP"):
-        unpack(np.concatenate([buf, np.zeros(8, np.uint8)]), SPECS)
+        unpack_svd(np.concatenate([buf, np.zeros(8, np.uint8)]), SPECS)
 
 
 @pytest.mark.parametrize("word, value, needle", [
@@ -127,7 +154,7 @@ def test_each_header_word_is_checked(word, value, needle):
     bad = MSG.copy()
     bad[8 * word : 8 * word + 8] = np.array([value], "<i8").view(np.uint8)
     with pytest.raises(WireError, match=needle):
-        unpack(bad, SPECS)
+        unpack_svd(bad, SPECS)
 
 
 def test_wrong_shape_and_rank_in_table():
@@ -137,11 +164,12 @@ def test_wrong_shape_and_rank_in_table():
         off = 8 * (FIXED + col)
         bad[off : off + 8] = np.array([value], "<i8").view(np.uint8)
         with pytest.raises(WireError, match=needle):
-            unpack(bad, SPECS)
+            unpack_svd(bad, SPECS)
     with pytest.raises(WireError, match="shape"):
-        unpack(MSG, [TensorSpec("a", (8, 12)), *SPECS[1:]])
+        specs = [TensorSpec("a", (8, 12)), *SPECS[1:]]
+        unpack_svd(MSG, specs)
     with pytest.raises(WireError, match="tensors"):
-        unpack(MSG, SPECS[:2])
+        unpack_svd(MSG, SPECS[:2])
 
 
 def test_rank_consistent_with_body_but_not_with_shape():
@@ -150,16 +178,16 @@ def test_rank_consistent_with_body_but_not_with_shape():
     off = 8 * FIXED
     bad[off : off + 8] = np.array([4], "<i8").view(np.uint8)
     with pytest.raises(WireError, match="requires"):
-        unpack(bad, SPECS)
+        unpack_svd(bad, SPECS)
 
 
 def test_non_uint8_or_odd_inputs():
     with pytest.raises(WireError):
-        unpack(MSG.view(np.int64) if MSG.size % 8 == 0 else MSG.astype(np.int16), SPECS)
+        unpack_svd(MSG.view(np.int64) if MSG.size % 8 == 0 else MSG.astype(np.int16), SPECS)
     with pytest.raises(WireError):
-        unpack(np.zeros(0, np.uint8), SPECS)
+        unpack_svd(np.zeros(0, np.uint8), SPECS)
     with pytest.raises(WireError):
-        unpack(np.array([[1, 2]], dtype=object), SPECS)
+        unpack_svd(np.array([[1, 2]], dtype=object), SPECS)
 
 
 @FUZZ
@@ -174,7 +202,7 @@ def test_fuzz_random_body_after_valid_magic_and_version(data):
     buf = np.frombuffer(data, dtype=np.uint8).copy()
     buf[:16] = np.array([MAGIC, VERSION], "<i8").view(np.uint8)
     _check_accepted(buf)
-    _check_accepted(buf, body_nbytes=lambda meta: int(meta.sum()), dtype=None)
+    _check_accepted(buf, body_nbytes=lambda meta: int(meta.sum()))
 
 
 @FUZZ
@@ -182,7 +210,7 @@ def test_fuzz_random_body_after_valid_magic_and_version(data):
 def test_fuzz_truncated(msg, cut):
     _check_accepted(msg[: cut % msg.size])
     with pytest.raises(WireError):
-        unpack(msg[: cut % msg.size], SPECS)
+        unpack_svd(msg[: cut % msg.size], SPECS)
 
 
 @FUZZ
@@ -190,7 +218,7 @@ def test_fuzz_truncated(msg, cut):
 def test_fuzz_oversized(msg, extra):
     buf = np.concatenate([msg, np.frombuffer(extra, np.uint8)])
     with pytest.raises(WireError):
-        unpack(buf, SPECS)
+        unpack_svd(buf, SPECS)
 
 
 @FUZZ
@@ -202,7 +230,7 @@ def test_fuzz_any_header_word(msg, which, value):
     buf = msg.copy()
     buf[8 * w : 8 * w + 8] = np.array([value], "<i8").view(np.uint8)
     _check_accepted(buf)
-    _check_accepted(buf, body_nbytes=lambda meta: int(meta.sum()), dtype=None)
+    _check_accepted(buf, body_nbytes=lambda meta: int(meta.sum()))
 
 
 @FUZZ
@@ -221,10 +249,10 @@ def test_fuzz_byte_flips(msg, flips):
 def test_fuzz_custom_rule_raising_anything(code, n):
     """A codec rule that fails in any way still surfaces as WireError."""
     body = np.zeros(n, np.uint8)
-    buf = pack(0, 0, Encoded(np.array([n, n, n]), body), SPECS)
+    buf = pack(0, 0, Payload(np.array([n, n, n]), body), SPECS)
     buf[8 * 6 : 8 * 7] = np.array([code], "<i8").view(np.uint8)
 
     def rule(meta: np.ndarray) -> int:
         return [n][int(meta[0]) - n + code]  # IndexError for most codes
 
-    _check_accepted(buf, body_nbytes=rule, dtype=None)
+    _check_accepted(buf, body_nbytes=rule)

@@ -12,7 +12,7 @@ import yaml
 
 from fedkd_mpi.storage.h5 import open_live
 
-from .conftest import TINY, run_job
+from ..conftest import TINY, run_job
 from .test_resume import assert_same_science
 
 

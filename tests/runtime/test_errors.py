@@ -19,7 +19,7 @@ import pytest
 from fedkd_mpi.cli import main
 from fedkd_mpi.runtime.devices import NodeInfo, choose_device
 
-from .conftest import FEDKD, ROOT, TINY, run_job
+from ..conftest import FEDKD, ROOT, TINY, run_job
 
 N = 2  # ranks for launch rows: enough for a server and a client, as cheap as possible
 

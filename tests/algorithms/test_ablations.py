@@ -8,7 +8,7 @@ import torch
 from fedkd_mpi.algorithms.base import FedKD
 from fedkd_mpi.config import load_config
 
-from .conftest import TINY
+from ..conftest import TINY
 from .test_losses import Y, _hand, _outs
 
 

@@ -8,7 +8,7 @@ import torch
 
 from fedkd_mpi.codecs.svd import (
     DENSE,
-    Encoded,
+    SVDCodec,
     TensorSpec,
     choose_rank,
     decode,
@@ -17,6 +17,14 @@ from fedkd_mpi.codecs.svd import (
     payload_floats,
 )
 from fedkd_mpi.comm.wire import WireError, header_bytes, pack, unpack
+from fedkd_mpi.config import load_config
+from fedkd_mpi.tensors import Payload
+
+
+def _unpack(buf, specs):
+    """unpack with the (default, float32) SVD codec's size rule and dtype."""
+    codec = SVDCodec(load_config(None).svd, specs, 0, 1)
+    return unpack(buf, specs, codec.body_nbytes, codec.wire_dtype)
 
 
 def test_rank_rule_smallest_k_reaching_threshold():
@@ -47,13 +55,13 @@ def test_rank_rule_energy_bound_holds(t):
 def test_one_by_n_and_vectors_go_dense():
     specs = [TensorSpec("w", (1, 200)), TensorSpec("b", (200,))]
     enc = encode([torch.randn(1, 200), torch.randn(200)], specs, 0.95)
-    assert enc.ranks.tolist() == [DENSE, DENSE]  # the official code zeroes the 1 x n weight
+    assert enc.meta.tolist() == [DENSE, DENSE]  # the official code zeroes the 1 x n weight
 
 
 def test_all_zero_delta_is_sent_dense_and_exact():
     spec = TensorSpec("w", (32, 16))
     enc = encode([torch.zeros(32, 16)], [spec], 0.9)
-    assert enc.ranks.tolist() == [DENSE]
+    assert enc.meta.tolist() == [DENSE]
     assert torch.equal(decode(enc, [spec])[0], torch.zeros(32, 16))
 
 
@@ -62,7 +70,7 @@ def test_low_rank_matrix_factored_and_reconstructed_nonsquare():
     a = torch.randn(96, 3, generator=g) @ torch.randn(3, 40, generator=g)  # exact rank 3
     spec = TensorSpec("w", (96, 40))
     enc = encode([a], [spec], 0.999)
-    assert enc.ranks.tolist() == [3]
+    assert enc.meta.tolist() == [3]
     assert enc.body.size == 3 * (96 + 40 + 1)
     assert torch.allclose(decode(enc, [spec])[0], a, atol=1e-4)
 
@@ -75,7 +83,7 @@ def test_reconstruction_error_within_energy_bound(t):
     enc = encode([a], [spec], t)
     rec = decode(enc, [spec])[0]
     rel = float(((rec - a) ** 2).sum() / (a**2).sum())
-    if enc.ranks[0] != DENSE:
+    if enc.meta[0] != DENSE:
         assert rel <= 1 - t + 1e-5  # discarded energy share is at most 1 - T
     else:
         assert rel < 1e-10
@@ -84,7 +92,7 @@ def test_reconstruction_error_within_energy_bound(t):
 def test_full_rank_needed_goes_dense():
     a = torch.eye(20)  # flat spectrum: T=0.99 needs K = 20 -> K(P+Q+1) >= PQ
     enc = encode([a], [TensorSpec("w", (20, 20))], 0.99)
-    assert enc.ranks.tolist() == [DENSE]
+    assert enc.meta.tolist() == [DENSE]
 
 
 def test_conv_kernel_viewed_as_out_by_rest():
@@ -99,7 +107,7 @@ def test_threshold_none_is_dense_and_bit_exact():
     specs = [TensorSpec("a", (10, 7)), TensorSpec("b", (7,))]
     ts = [torch.randn(10, 7), torch.randn(7)]
     enc = encode(ts, specs, None)
-    assert enc.ranks.tolist() == [DENSE, DENSE]
+    assert enc.meta.tolist() == [DENSE, DENSE]
     assert all(torch.equal(x, y) for x, y in zip(decode(enc, specs), ts, strict=True))
 
 
@@ -119,12 +127,12 @@ def test_byte_count_equals_wire_buffer():
     enc = encode(ts, specs, 0.95)
     msg = pack(5, 2, enc, specs)
     floats = sum(k * (s.rows + s.cols + 1) if k != DENSE else s.numel
-                 for k, s in zip(enc.ranks.tolist(), specs, strict=True))
+                 for k, s in zip(enc.meta.tolist(), specs, strict=True))
     assert msg.nbytes == header_bytes(len(specs)) + 4 * floats
-    assert floats == payload_floats(enc.ranks, specs)
-    back = unpack(msg, specs)
+    assert floats == payload_floats(enc.meta, specs)
+    back = _unpack(msg, specs)
     assert (back.client_id, back.round) == (5, 2)
-    assert np.array_equal(back.encoded.ranks, enc.ranks)
+    assert np.array_equal(back.encoded.meta, enc.meta)
     assert np.array_equal(back.encoded.body, enc.body)
 
 
@@ -132,20 +140,20 @@ def test_wire_rejects_malformed():
     specs = [TensorSpec("w", (8, 8))]
     msg = pack(0, 0, encode([torch.randn(8, 8)], specs, None), specs)
     with pytest.raises(WireError):
-        unpack(msg[:-4], specs)  # truncated
+        _unpack(msg[:-4], specs)  # truncated
     with pytest.raises(WireError):
-        unpack(np.concatenate([msg, np.zeros(4, np.uint8)]), specs)  # oversized
+        _unpack(np.concatenate([msg, np.zeros(4, np.uint8)]), specs)  # oversized
     bad = msg.copy()
     bad[0] ^= 0xFF
     with pytest.raises(WireError):
-        unpack(bad, specs)  # magic
+        _unpack(bad, specs)  # magic
     with pytest.raises(WireError):
-        unpack(msg, [TensorSpec("w", (8, 4))])  # shape mismatch
+        _unpack(msg, [TensorSpec("w", (8, 4))])  # shape mismatch
     with pytest.raises(WireError):
-        unpack(np.zeros(3, np.uint8), specs)
+        _unpack(np.zeros(3, np.uint8), specs)
 
 
 def test_decode_rejects_inconsistent_body():
     spec = TensorSpec("w", (8, 8))
     with pytest.raises(ValueError):
-        decode(Encoded(np.array([2]), np.zeros(5, np.float32)), [spec])
+        decode(Payload(np.array([2]), np.zeros(5, np.float32)), [spec])

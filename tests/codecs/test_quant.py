@@ -9,8 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedkd_mpi.codecs import quant
-from fedkd_mpi.codecs.svd import TensorSpec
 from fedkd_mpi.comm.wire import header_bytes, pack, unpack
+from fedkd_mpi.config import load_config
+from fedkd_mpi.tensors import TensorSpec
 
 SPECS = [TensorSpec("w", (7, 5)), TensorSpec("b", (5,)), TensorSpec("z", (3, 3))]
 
@@ -51,9 +52,9 @@ def test_stochastic_rounding_is_unbiased_and_within_one_step():
 def test_bytes_on_the_wire_are_exactly_the_formula(bits):
     ts = _tensors(1)
     enc = quant.encode(ts, SPECS, bits)
-    assert enc.body.dtype == np.uint8 and list(enc.ranks) == [bits] * 3
+    assert enc.body.dtype == np.uint8 and list(enc.meta) == [bits] * 3
     want = sum(8 + s.numel * bits // 8 for s in SPECS)
-    assert enc.body.nbytes == want == quant.body_nbytes(SPECS)(enc.ranks)
+    assert enc.body.nbytes == want == quant.body_nbytes(SPECS)(enc.meta)
     buf = pack(2, 5, enc, SPECS)
     assert buf.nbytes == header_bytes(len(SPECS)) + want
     msg = unpack(buf, SPECS, body_nbytes=quant.body_nbytes(SPECS), dtype=np.uint8)
@@ -66,3 +67,21 @@ def test_size_rule_rejects_bad_bits():
         quant.body_nbytes(SPECS)(np.array([8, 4, 8]))
     with pytest.raises(ValueError):
         quant.encode(_tensors(0), SPECS, 4)
+
+
+def test_codec_object_clients_round_stochastically_seeded_and_the_server_to_nearest():
+    cfg = load_config(None, ["fedpaq.bits=8", "fedpaq.rounding=stochastic"])
+    codec = quant.FedPAQCodec(quant.FedPAQCodec.settings_from(cfg), SPECS, cfg.seed,
+                              cfg.train.rounds)
+    assert codec.name == "fedpaq" and codec.wire_dtype == np.uint8
+    ts = _tensors(3)
+    c0a = codec.encode(ts, 2, codec.new_state(0))
+    c0b = codec.encode(ts, 2, codec.new_state(0))
+    c1 = codec.encode(ts, 2, codec.new_state(1))
+    assert np.array_equal(c0a.body, c0b.body)  # seeded by (seed, round, client)
+    assert not np.array_equal(c0a.body, c1.body)  # another client draws other bits
+    assert codec.body_nbytes(c0a.meta) == c0a.body.nbytes
+    server = codec.encode(ts, 2, codec.new_state(None))
+    assert np.array_equal(server.body, quant.encode(ts, SPECS, 8, "nearest").body)
+    for t, o in zip(ts, codec.decode(server), strict=True):
+        assert o.shape == t.shape

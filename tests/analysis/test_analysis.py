@@ -26,7 +26,7 @@ from fedkd_mpi.analysis import RunFileError, load
 from fedkd_mpi.cli import main
 from fedkd_mpi.storage.h5 import open_live
 
-from .conftest import FEDKD, MPIEXEC, ROOT, TINY, run_job
+from ..conftest import FEDKD, MPIEXEC, ROOT, TINY, run_job
 
 SEEDS = (1, 2)
 ALGS = ("fedkd", "fedavg")

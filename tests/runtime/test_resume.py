@@ -13,7 +13,7 @@ import pytest
 
 from fedkd_mpi.storage.h5 import open_live
 
-from .conftest import ROOT, TINY, run_job
+from ..conftest import ROOT, TINY, run_job
 
 #: sampling and spilling on, so that both are part of what must survive a resume
 COMMON = ("data.num_clients=4", "train.rounds=4", "train.sample_fraction=0.75",

@@ -150,9 +150,9 @@ def test_encode_paths_roundtrip(method):
           spectrum_matrix(160, 48, 1.2, 3)]
     ref = encode(ts, specs, 0.8, method="full")
     enc = encode(ts, specs, 0.8, method=method)
-    assert enc.ranks[1] == DENSE
+    assert enc.meta[1] == DENSE
     if method != "randomized":
-        assert enc.ranks.tolist() == ref.ranks.tolist()
+        assert enc.meta.tolist() == ref.meta.tolist()
     for t, d in zip(ts, decode(enc, specs), strict=True):
         e = 1.0 - float(((t - d).double() ** 2).sum() / (t.double() ** 2).sum())
         assert e >= 0.8 - 2e-6
@@ -199,7 +199,7 @@ def test_server_average_factored_equals_dense_path():
         ts = [low_rank_updates(1, 96, 64, 3, 10 + c)[0], torch.randn(64),
               low_rank_updates(1, 64, 160, 2, 20 + c)[0], torch.randn(40, 40)]
         updates.append(encode(ts, specs, 0.9, method="full"))
-    assert all(u.ranks[0] != DENSE and u.ranks[2] != DENSE for u in updates)
+    assert all(u.meta[0] != DENSE and u.meta[2] != DENSE for u in updates)
     w = np.arange(1, n + 1, dtype=np.float64)
     w /= w.sum()
     d_dense, f_dense = server_average(updates, w, specs, 0.9, "dense")
@@ -209,23 +209,27 @@ def test_server_average_factored_equals_dense_path():
     assert torch.equal(d_fac[1], d_dense[1]) and torch.equal(d_fac[3], d_dense[3])
     e_dense = encode(d_dense, specs, 0.9, method="full")
     e_fac = encode(d_fac, specs, 0.9, method="full", factors=f_fac)
-    assert e_fac.ranks.tolist() == e_dense.ranks.tolist()
+    assert e_fac.meta.tolist() == e_dense.meta.tolist()
     for a, b in zip(decode(e_fac, specs), decode(e_dense, specs), strict=True):
         assert torch.allclose(a, b, atol=1e-5)
     # auto: the factored route only where N = sum K_i <= min(P, Q) / 3
     _, f_auto = server_average(updates, w, specs, 0.9, "auto")
-    n0 = sum(int(u.ranks[0]) for u in updates)
+    n0 = sum(int(u.meta[0]) for u in updates)
     assert (0 in f_auto) == (3 * n0 <= 64)
 
 
 def test_config_keys_validated():
-    cfg = load_config(None, ["fedkd.svd_method=gram", "fedkd.server_path=factored"])
-    assert (cfg.fedkd.svd_method, cfg.fedkd.server_path) == ("gram", "factored")
-    assert load_config(None).fedkd.svd_method == "auto"
-    with pytest.raises(ConfigError, match="svd_method"):
-        load_config(None, ["fedkd.svd_method=lanczos"])
-    with pytest.raises(ConfigError, match="server_path"):
-        load_config(None, ["fedkd.server_path=sparse"])
+    cfg = load_config(None, ["svd.method=gram", "svd.server_path=factored"])
+    assert (cfg.svd.method, cfg.svd.server_path) == ("gram", "factored")
+    assert load_config(None).svd.method == "auto"
+    assert load_config(None).svd.server_path == "auto"
+    with pytest.raises(ConfigError, match=r"svd\.method"):
+        load_config(None, ["svd.method=lanczos"])
+    with pytest.raises(ConfigError, match=r"svd\.server_path"):
+        load_config(None, ["svd.server_path=sparse"])
+    # the old names (fedkd.svd_method, fedkd.server_path) still land in the svd section
+    old = load_config(None, ["fedkd.svd_method=gram", "fedkd.server_path=factored"])
+    assert (old.svd.method, old.svd.server_path) == ("gram", "factored")
 
 
 def test_job_with_factored_server_and_randomized_clients(tiny_run):
@@ -233,10 +237,10 @@ def test_job_with_factored_server_and_randomized_clients(tiny_run):
     server each round), exact byte formula, and the same ranks as the reference paths."""
     import h5py
 
-    res, out = tiny_run(3, "fedkd.server_path=factored", "fedkd.svd_method=gram",
+    res, out = tiny_run(3, "svd.server_path=factored", "svd.method=gram",
                         "train.rounds=2", name="factored.h5")
     assert res.returncode == 0, res.stderr[-2000:]
-    ref, out_ref = tiny_run(3, "fedkd.server_path=dense", "fedkd.svd_method=full",
+    ref, out_ref = tiny_run(3, "svd.server_path=dense", "svd.method=full",
                             "train.rounds=2", name="dense.h5")
     assert ref.returncode == 0, ref.stderr[-2000:]
     with h5py.File(out, "r") as f, h5py.File(out_ref, "r") as g:

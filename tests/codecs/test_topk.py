@@ -9,8 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedkd_mpi.codecs import topk
-from fedkd_mpi.codecs.svd import TensorSpec
 from fedkd_mpi.comm.wire import header_bytes, pack, unpack
+from fedkd_mpi.config import load_config
+from fedkd_mpi.tensors import TensorSpec
 
 SPECS = [TensorSpec("w", (8, 6)), TensorSpec("b", (6,))]
 
@@ -49,8 +50,8 @@ def test_error_feedback_carries_the_residual_into_the_next_round():
 def test_bytes_on_the_wire_are_exactly_the_formula():
     ts = [torch.randn(s.shape) for s in SPECS]
     enc, _ = topk.encode(ts, SPECS, 0.1)
-    assert list(enc.ranks) == [5, 1] and enc.body.dtype == np.uint8
-    assert enc.body.nbytes == 8 * (5 + 1) == topk.body_nbytes(SPECS)(enc.ranks)
+    assert list(enc.meta) == [5, 1] and enc.body.dtype == np.uint8
+    assert enc.body.nbytes == 8 * (5 + 1) == topk.body_nbytes(SPECS)(enc.meta)
     buf = pack(0, 0, enc, SPECS)
     assert buf.nbytes == header_bytes(2) + 48
     msg = unpack(buf, SPECS, body_nbytes=topk.body_nbytes(SPECS), dtype=np.uint8)
@@ -64,4 +65,25 @@ def test_bad_meta_and_indices_are_rejected():
     body = enc.body.copy()
     body[20:24] = np.array([999], "<i4").view(np.uint8)  # first index of tensor 0 (k=5)
     with pytest.raises(ValueError, match="index"):
-        topk.decode(type(enc)(enc.ranks, body), SPECS)
+        topk.decode(type(enc)(enc.meta, body), SPECS)
+
+
+@pytest.mark.parametrize("feedback", [True, False])
+def test_codec_object_keeps_the_residual_in_its_state(feedback):
+    s = [TensorSpec("v", (4, 1))]
+    cfg = load_config(None, ["topk.ratio=0.25", f"topk.error_feedback={str(feedback).lower()}"])
+    codec = topk.TopKCodec(topk.TopKCodec.settings_from(cfg), s, cfg.seed, cfg.train.rounds)
+    st = codec.new_state(0)
+    assert isinstance(st, topk.TopKState) and st.residual is None
+    d = [torch.tensor([[1.0], [0.6], [0.5], [0.1]])]
+    enc1 = codec.encode(d, 0, st)
+    assert enc1.body.dtype == codec.wire_dtype == np.uint8
+    assert codec.body_nbytes(enc1.meta) == enc1.body.nbytes == 8
+    assert torch.equal(codec.decode(enc1)[0].reshape(-1), torch.tensor([1.0, 0, 0, 0]))
+    enc2 = codec.encode(d, 1, st)
+    if feedback:  # same as the pure function with the carried residual
+        assert torch.allclose(st.residual[0].reshape(-1), torch.tensor([1.0, 0.0, 1.0, 0.2]))
+        assert torch.equal(codec.decode(enc2)[0].reshape(-1), torch.tensor([0, 1.2, 0, 0]))
+    else:
+        assert st.residual is None
+        assert torch.equal(codec.decode(enc2)[0].reshape(-1), torch.tensor([1.0, 0, 0, 0]))

@@ -7,7 +7,7 @@ import sys
 
 import h5py
 
-from .conftest import ROOT, TINY
+from ..conftest import ROOT, TINY
 
 
 def test_suite_runs_resumes_and_tabulates(tmp_path):

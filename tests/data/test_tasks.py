@@ -15,7 +15,7 @@ from fedkd_mpi.metrics import accuracy, f1, macro_f1, metric_names
 from fedkd_mpi.models import layer_map
 from fedkd_mpi.models.cnn import build_cnn
 
-from .conftest import run_job
+from ..conftest import run_job
 
 
 def test_metrics_against_hand_counts():

@@ -17,7 +17,7 @@ from fedkd_mpi.models import build_for, family_of
 from fedkd_mpi.models.hf import build_hf, resolve, tokenizer_file
 from fedkd_mpi.runtime.summary import count_trainable, dense_message_bytes
 
-from .conftest import ROOT, run_job
+from ..conftest import ROOT, run_job
 
 pytest.importorskip("transformers")
 NAME = "all-MiniLM-L6-v2"
