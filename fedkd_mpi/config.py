@@ -59,6 +59,16 @@ class DataConfig(_Strict):
         "per_client", description="per_client: test_fraction of each client's share; global: "
         "one held-out set (the official test split if any) evaluated by every client")
     test_samples: int | None = Field(None, ge=1, description="global: cap on held-out examples")
+    # data files (data.name: table | hf_disk); relative paths resolve against the config file
+    path: str | None = Field(None, description="table: a CSV/TSV/JSONL/Parquet file (.gz/.bz2 "
+                             "too); hf_disk: a folder written by datasets.save_to_disk")
+    test_path: str | None = Field(None, description="table: an official test split file")
+    text_column: str | None = Field(None, description="column of the texts (token inputs)")
+    feature_columns: list[str] | None = Field(None, description="numeric feature columns "
+                                              "(feature-vector inputs)")
+    label_column: str | None = Field(None, description="column of the labels (strings or ints)")
+    group_column: str | None = Field(None, description="key of the natural partition (a user, "
+                                     "a source, a document)")
 
 
 class ModelConfig(_Strict):
@@ -199,6 +209,10 @@ class RuntimeConfig(_Strict):
     checkpoint_every: int = Field(0, ge=0, description="rounds between checkpoints (0: only on "
                                   "SIGTERM/SIGUSR1)")
     checkpoint_dir: str | None = Field(None, description="None: <output>.ckpt")
+    callbacks: list[str] = Field(default_factory=list, description="module:function called on "
+                                 "rank 0 after every round with the round's record")
+    tensorboard: str | None = Field(None, description="directory for TensorBoard event files "
+                                    "(per-round and per-client scalars); None: off")
 
 
 class Config(_Strict):
