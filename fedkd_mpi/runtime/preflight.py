@@ -29,7 +29,9 @@ def preflight(cfg: Config) -> None:
     from fedkd_mpi.data import DataError, check_data
     from fedkd_mpi.data.federated import _features
     from fedkd_mpi.models import ModelOutputError, family_of, probe
+    from fedkd_mpi.runtime.observers import load_callbacks
 
+    load_callbacks(cfg)
     alg = build_algorithm(cfg)
     aggregator = aggregator_of(cfg)
     family = family_of(cfg)

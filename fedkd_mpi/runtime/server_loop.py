@@ -24,6 +24,7 @@ from fedkd_mpi.runtime.context import (
     rss_mb,
 )
 from fedkd_mpi.runtime.faults import describe, inject_fault, nonfinite_body, nonfinite_stop
+from fedkd_mpi.runtime.observers import Observers
 from fedkd_mpi.runtime.sampling import round_participants
 from fedkd_mpi.runtime.summary import print_summary, writer_for
 from fedkd_mpi.storage.h5 import RunWriter
@@ -31,12 +32,15 @@ from fedkd_mpi.storage.h5 import RunWriter
 
 def server_main(ctx: Context, fed: FederatedData, attrs: dict[str, object]) -> int:
     """Rank 0's whole run: the writer, every round, the final status and the summary."""
+    observers = Observers(ctx.cfg)
     writer, attrs = writer_for(ctx, fed, attrs)
     try:
-        history, code = _loop(ctx, fed, writer)
+        history, code = _loop(ctx, fed, writer, observers)
     except BaseException as exc:
         writer.close("failed", {"error": describe(exc)})
         raise
+    finally:
+        observers.close()
     if code:
         writer.close("interrupted")
         print(f"fedkd-mpi: stopped by a signal after round {len(history)}; checkpoint in "
@@ -108,7 +112,8 @@ def _exchange(ctx: Context, fed: FederatedData, rnd: int, mask: np.ndarray) -> d
     return out
 
 
-def _loop(ctx: Context, fed: FederatedData, writer: RunWriter) -> tuple[list[dict], int]:
+def _loop(ctx: Context, fed: FederatedData, writer: RunWriter,
+          observers: Observers) -> tuple[list[dict], int]:
     """Rounds ``ctx.start`` .. R-1 on rank 0; returns (per-round records of all rounds, exit
     code: 0 or EXIT_INTERRUPTED)."""
     cfg, alg = ctx.cfg, ctx.alg
@@ -169,6 +174,7 @@ def _loop(ctx: Context, fed: FederatedData, writer: RunWriter) -> tuple[list[dic
                       rv["rss_mb"], ex["rank_up"], ex["rank_down"],
                       rv["checksum"].astype(np.int64))
         history.append(rec)
+        observers.round_done(rec, clients)
         line = (f"round {rnd + 1}/{rounds}  T={rec['energy_threshold']:.4f}  "
                 f"mentor={rec['mentor_metric']:.4f}  mentee={rec['mentee_metric']:.4f}  "
                 f"up={up.mean() / 1e6:.3f} MB/client  {rec['wall_time_s']:.1f}s")
