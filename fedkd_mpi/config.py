@@ -330,6 +330,8 @@ def apply_override(tree: dict[str, Any], item: str) -> None:
         raise ConfigError(f"config error: override '{item}' is not of the form key=value")
     key, raw = item.split("=", 1)
     parts = key.strip().split(".")
+    if len(parts) == 2 and parts[0] == "fedkd" and parts[1] in _MOVED_TO_SVD:
+        parts = ["svd", _MOVED_TO_SVD[parts[1]]]  # the old name of an svd.* key
     if not all(parts):
         raise ConfigError(f"config error: override key '{key}' is malformed")
     try:
@@ -365,6 +367,10 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
             raise ConfigError(f"config error: '{p}' is not valid YAML{where}") from None
         if not isinstance(tree, dict):
             raise ConfigError(f"config error: '{p}' must hold a mapping of keys")
+        try:  # old svd keys in the file move first, so that overrides of either name win
+            tree = Config._moved_keys(tree)
+        except ValueError as exc:
+            raise ConfigError(f"config error: '{p}': {exc}") from None
     for item in overrides:
         apply_override(tree, item)
     return config_from_dict(tree)

@@ -12,12 +12,13 @@ from fedkd_mpi.codecs.svd import DENSE, SVDState, TensorSpec, decode
 from fedkd_mpi.comm.wire import header_bytes, pack, unpack
 from fedkd_mpi.config import load_config
 
+from ..conftest import TINY
+
 SPECS = [TensorSpec("w", (24, 16)), TensorSpec("b", (16,))]
 
 
 def _alg(*overrides: str) -> FedKD:
-    # defaults, not tests/tiny.yaml: its legacy fedkd.t_start/t_end would clash with svd.*
-    alg = FedKD(load_config(None, ["svd.t_start=0.5", "svd.t_end=0.5", *overrides]))
+    alg = FedKD(load_config(TINY, ["svd.t_start=0.5", "svd.t_end=0.5", *overrides]))
     alg.bind(SPECS, {})
     return alg
 
