@@ -33,9 +33,9 @@ from fedkd_mpi.storage.h5 import RunWriter
 def server_main(ctx: Context, fed: FederatedData, attrs: dict[str, object]) -> int:
     """Rank 0's whole run: the writer, every round, the final status and the summary."""
     observers = Observers(ctx.cfg)
-    writer, attrs = writer_for(ctx, fed, attrs)
+    writer = writer_for(ctx, fed, attrs)
     try:
-        history, code = _loop(ctx, fed, writer, observers)
+        done, code = _loop(ctx, fed, writer, observers)
     except BaseException as exc:
         writer.close("failed", {"error": describe(exc)})
         raise
@@ -43,12 +43,12 @@ def server_main(ctx: Context, fed: FederatedData, attrs: dict[str, object]) -> i
         observers.close()
     if code:
         writer.close("interrupted")
-        print(f"fedkd-mpi: stopped by a signal after round {len(history)}; checkpoint in "
+        print(f"fedkd-mpi: stopped by a signal after round {done}; checkpoint in "
               f"{checkpoint_dir(ctx.cfg)}; continue with: fedkd-mpi run CONFIG ... --resume",
               flush=True)
         return code
     writer.close("completed")
-    print_summary(ctx.cfg, history, attrs)
+    print_summary(ctx.cfg)
     return 0
 
 
@@ -113,15 +113,14 @@ def _exchange(ctx: Context, fed: FederatedData, rnd: int, mask: np.ndarray) -> d
 
 
 def _loop(ctx: Context, fed: FederatedData, writer: RunWriter,
-          observers: Observers) -> tuple[list[dict], int]:
-    """Rounds ``ctx.start`` .. R-1 on rank 0; returns (per-round records of all rounds, exit
-    code: 0 or EXIT_INTERRUPTED)."""
+          observers: Observers) -> tuple[int, int]:
+    """Rounds ``ctx.start`` .. R-1 on rank 0; returns (rounds done, exit code: 0 or
+    EXIT_INTERRUPTED)."""
     cfg, alg = ctx.cfg, ctx.alg
     n, size, rounds = cfg.data.num_clients, ctx.comm.Get_size(), cfg.train.rounds
     tty = sys.stderr.isatty() and cfg.runtime.progress
     bar = tqdm(total=rounds, initial=ctx.start, desc=f"{cfg.algorithm}", unit="round",
                disable=not tty, file=sys.stderr)
-    history = writer.records()  # rounds already in the file (resume)
     names = metric_names(cfg.data.metric, fed.num_classes)
     for rnd in range(ctx.start, rounds):
         mask = round_participants(cfg.train, n, cfg.seed, rnd)
@@ -159,7 +158,7 @@ def _loop(ctx: Context, fed: FederatedData, writer: RunWriter,
         )
         for name in names:
             for role in ("mentor", "mentee"):
-                rec[f"{role}_{name}"] = float(np.mean(col[f"{role}_{name}"]))
+                rec[f"{role}_{name}"] = nanmean(col[f"{role}_{name}"])
         clients = dict(bytes_up=up, bytes_down=down, mentor_metric=col["mentor_metric"],
                        mentee_metric=col["mentee_metric"],
                        mentor_train_loss=col["mentor_train_loss"],
@@ -173,7 +172,6 @@ def _loop(ctx: Context, fed: FederatedData, writer: RunWriter,
                                                        "round_s")},
                       rv["rss_mb"], ex["rank_up"], ex["rank_down"],
                       rv["checksum"].astype(np.int64))
-        history.append(rec)
         observers.round_done(rec, clients)
         line = (f"round {rnd + 1}/{rounds}  T={rec['energy_threshold']:.4f}  "
                 f"mentor={rec['mentor_metric']:.4f}  mentee={rec['mentee_metric']:.4f}  "
@@ -185,6 +183,6 @@ def _loop(ctx: Context, fed: FederatedData, writer: RunWriter,
             print(line, flush=True)
         if round_boundary(ctx, rnd, None):
             bar.close()
-            return history, EXIT_INTERRUPTED
+            return rnd + 1, EXIT_INTERRUPTED
     bar.close()
-    return history, 0
+    return rounds, 0

@@ -33,8 +33,7 @@ def dense_message_bytes(specs: list[TensorSpec]) -> int:
     return header_bytes(len(specs)) + 4 * sum(s.numel for s in specs)
 
 
-def writer_for(ctx: Context, fed: FederatedData,
-               attrs: dict[str, object]) -> tuple[RunWriter, dict[str, object]]:
+def writer_for(ctx: Context, fed: FederatedData, attrs: dict[str, object]) -> RunWriter:
     """Rank 0: a new run file, or the existing one cut back to the checkpoint (resume)."""
     cfg, alg = ctx.cfg, ctx.alg
     specs = alg.specs
@@ -54,7 +53,7 @@ def writer_for(ctx: Context, fed: FederatedData,
         writer = RunWriter.resume(cfg.output, ctx.start, {
             "resumed_from_round": np.array([*before, ctx.start], np.int64),
             "resumed_unix": np.array([*unix, time.time()]), "devices": attrs["devices"]})
-        return writer, attrs
+        return writer
     static = {"partition/num_train": fed.sizes.astype(np.int64)}
     if fed.label_hist is not None:
         static["partition/label_hist"] = fed.label_hist.astype(np.int64)
@@ -62,34 +61,35 @@ def writer_for(ctx: Context, fed: FederatedData,
                        [s.name for s in specs],
                        np.array([[s.rows, s.cols] for s in specs], dtype=np.int64),
                        extra_fields=extra, static=static)
-    return writer, attrs
+    return writer
 
 
-def print_summary(cfg: Config, history: list[dict], attrs: dict) -> None:
+def print_summary(cfg: Config) -> None:
+    """The end-of-run table, read back from the run file by the same code as ``fedkd-mpi
+    report`` (fedkd_mpi/analysis/reader.py), so both give the same figures."""
     from tabulate import tabulate
 
-    n, rounds = cfg.data.num_clients, len(history)
-    last = history[-1]
-    up = sum(h["bytes_up"] for h in history) / n
-    down = sum(h["bytes_down"] for h in history) / n
-    total = up + down
+    from fedkd_mpi.analysis.reader import load
 
-    def ratio(per_msg: int) -> str:
-        return f"{2 * rounds * per_msg / total:.1f}x" if total > 0 else "n/a (no communication)"
-
-    rows = [
-        ["algorithm", cfg.algorithm], ["rounds", rounds], ["clients", n],
-        [f"mentor test {cfg.data.metric} (mean over clients)", _fmt(last["mentor_metric"])],
-        [f"mentee test {cfg.data.metric} (mean over clients)", _fmt(last["mentee_metric"])],
-        ["MB up per client (total)", f"{up / 1e6:.4f}"],
-        ["MB down per client (total)", f"{down / 1e6:.4f}"],
-        ["reduction vs mentee sent dense", ratio(int(attrs["dense_bytes_mentee"]))],
-        ["reduction vs FedAvg on the mentor", ratio(int(attrs["dense_bytes_mentor"]))],
-        ["output", cfg.output],
-    ]
+    s = load(cfg.output).summary
+    rows = [["algorithm", s.algorithm], ["rounds", s.rounds_completed],
+            ["clients", s.num_clients]]
+    for role in ("mentor", "mentee"):
+        for name in s.metric_names:
+            value = _fmt(s.final[f"{role}_{name}"])
+            rows.append([f"{role} test {name} (mean over clients)", value])
+    rows += [["MB up per client (total)", f"{s.mb_up_per_client:.4f}"],
+             ["MB down per client (total)", f"{s.mb_down_per_client:.4f}"],
+             ["reduction vs mentee sent dense", _x(s.reduction_vs_dense_mentee)],
+             ["reduction vs FedAvg on the mentor", _x(s.reduction_vs_mentor_fedavg)],
+             ["output", cfg.output]]
     print(tabulate(rows, tablefmt="simple", disable_numparse=True), flush=True)
-    print("(reductions: measured bytes up+down against the dense message size of that model "
-          "for the same rounds)", flush=True)
+    print("(reductions: the same messages carrying that model dense, against the bytes sent "
+          "up+down)", flush=True)
+
+
+def _x(v: float) -> str:
+    return "n/a (no communication)" if math.isnan(v) else f"{v:.1f}x"
 
 
 def _fmt(x: float) -> str:
