@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedkd_mpi.algorithms.base import FedKD
+from fedkd_mpi.algorithms.fedkd import FedKD
 from fedkd_mpi.config import load_config
+from fedkd_mpi.models import ModelShape
 
 from ..conftest import TINY
 from .test_losses import Y, _hand, _outs
@@ -16,7 +17,9 @@ def _alg(*overrides: str) -> FedKD:
     # heads equal in both models, so the attention term is on by default
     cfg = load_config(TINY, ["model.mentee.heads=2", *overrides])
     alg = FedKD(cfg)
-    alg.pairs = [(0, 0)]  # the hand-made outputs have one layer each
+    one_layer = ModelShape(2, [2], [1])  # the hand-made outputs: one layer, one head
+    alg.bind([], {"mentor": one_layer, "mentee": one_layer})
+    assert alg.pairs == [(0, 0)]
     return alg
 
 
@@ -72,6 +75,6 @@ def test_fixed_threshold_replaces_the_schedule_and_nothing_else():
     sched = _alg("svd.t_start=0.8", "svd.t_end=0.95", "train.rounds=3")
     fixed = _alg("svd.t_start=0.8", "svd.t_end=0.95", "train.rounds=3",
                  "svd.schedule=fixed")
-    assert [round(sched.threshold(r), 6) for r in range(3)] == [0.85, 0.9, 0.95]
-    assert [fixed.threshold(r) for r in range(3)] == [0.95, 0.95, 0.95]
+    assert [round(sched.energy_threshold(r), 6) for r in range(3)] == [0.85, 0.9, 0.95]
+    assert [fixed.energy_threshold(r) for r in range(3)] == [0.95, 0.95, 0.95]
     assert _parts(fixed) == pytest.approx(_parts(sched))  # the losses are unchanged

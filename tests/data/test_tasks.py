@@ -95,10 +95,13 @@ def test_global_protocol_same_held_out_set_for_any_number_of_clients():
 
 
 def test_task_and_model_must_fit():
-    with pytest.raises(ConfigError, match="fashion_mnist needs kind cnn"):
-        load_config(None, ["data.name=fashion_mnist"])
+    from fedkd_mpi.runtime.preflight import preflight  # what validate runs
+
+    with pytest.raises(ConfigError, match="family 'tiny' takes tokens inputs; data.name "
+                       "'fashion_mnist' gives images"):
+        preflight(load_config(None, ["data.name=fashion_mnist"]))
     with pytest.raises(ConfigError, match="needs a binary task"):
-        load_config(None, ["data.name=bbc_news", "data.metric=f1"])
+        preflight(load_config(None, ["data.name=bbc_news", "data.metric=f1"]))
     with pytest.raises(ConfigError, match="cannot feed a pretrained model"):
         load_config(None, ["model.kind=hf", "model.mentor.layers=6", "data.tokenizer=hash"])
     assert load_config(None, []).data.tokenizer == "hash"
