@@ -73,6 +73,10 @@ class Registry:
             obj = self.classes.get(spec)
             if obj is None:
                 obj = self._entry_point(spec, field)
+            elif obj.__module__.startswith("fedkd_mpi.") and spec in self.entry_point_names():
+                raise PluginError(f"config error: '{field}': '{spec}' is both a built-in "
+                                  f"{self.axis[:-1].replace('_', ' ')} and an entry point of "
+                                  f"{self.group}; rename the entry point")
         if not (isinstance(obj, type) and issubclass(obj, base)):
             raise PluginError(f"config error: '{field}': {spec} is {_what(obj)}, not a "
                               f"subclass of {base.__module__}.{base.__name__}")

@@ -29,12 +29,19 @@ def preflight(cfg: Config) -> None:
     from fedkd_mpi.data import DataError, check_data
     from fedkd_mpi.data.federated import _features
     from fedkd_mpi.models import ModelOutputError, family_of, probe
+    from fedkd_mpi.codecs.base import codec_class
+    from fedkd_mpi.data import dataset_of, partitioner_of
     from fedkd_mpi.runtime.observers import load_callbacks
 
-    load_callbacks(cfg)
-    alg = build_algorithm(cfg)
-    aggregator = aggregator_of(cfg)
+    # every name first, in the order of the config's sections
+    dataset_of(cfg.data)
+    partitioner_of(cfg.data)
     family = family_of(cfg)
+    alg = build_algorithm(cfg)
+    if alg.codec_field is not None:
+        codec_class(alg.codec_name, alg.codec_field)
+    aggregator = aggregator_of(cfg)
+    load_callbacks(cfg)
     family.check()
     try:
         corpus = check_data(cfg.data, cfg.seed)

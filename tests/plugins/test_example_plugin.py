@@ -48,7 +48,7 @@ def target(tmp_path_factory) -> str:
 
 
 def _validate(*overrides: str, pythonpath: str = "") -> subprocess.CompletedProcess:
-    """``fedkd-mpi validate`` of the example config, cwd=ROOT (``tests`` importable)."""
+    """``fedkd-mpi validate`` of the example config (cwd=ROOT)."""
     return run_job(1, "validate", str(CONFIG), *overrides, launcher=False, timeout=120,
                    env={"PYTHONPATH": pythonpath})
 
@@ -63,12 +63,12 @@ def _one_line(res: subprocess.CompletedProcess) -> str:
 def test_validate_finds_every_plugin_through_entry_points(target):
     res = _validate(pythonpath=target)
     assert res.returncode == 0, res.stderr
-    assert "kind: mlp" in res.stdout and "codec: sign" in res.stdout
+    assert "kind: example_mlp" in res.stdout and "codec: sign" in res.stdout
 
 
 @pytest.mark.parametrize(("overrides", "field", "what"), [
     ((), "train.aggregation", "unknown aggregator 'clipped_mean'"),
-    (("train.aggregation=uniform",), "model.kind", "unknown model 'mlp'"),
+    (("train.aggregation=uniform",), "model.kind", "unknown model 'example_mlp'"),
     (("train.aggregation=uniform", "model.kind=tiny"), "data.name", "unknown dataset 'digits'"),
 ])
 def test_without_the_plugin_each_name_is_refused_in_one_line(overrides, field, what):
@@ -98,7 +98,9 @@ def __getattr__(attr: str):
 
 
 def test_a_codec_that_misdeclares_its_size_is_refused(target):
-    line = _one_line(_validate(f"fedkd.codec={HERE}:BadSign", pythonpath=target))
+    # the console script puts its own folder on sys.path, not the cwd: ROOT for ``tests``
+    line = _one_line(_validate(f"fedkd.codec={HERE}:BadSign",
+                               pythonpath=os.pathsep.join([target, str(ROOT)])))
     assert "'fedkd.codec'" in line and "body_nbytes" in line, line
 
 
@@ -162,7 +164,7 @@ def check_units() -> None:
 def test_codec_and_aggregator_arithmetic(target):
     res = subprocess.run([str(BIN / "python"), "-c", f"import {HERE} as t; t.check_units()"],
                          capture_output=True, text=True, timeout=120, cwd=ROOT,
-                         env={**os.environ, "PYTHONPATH": target})
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join([target, str(ROOT)])})
     assert res.returncode == 0, res.stderr
 
 
@@ -178,7 +180,11 @@ def test_fedkd_runs_end_to_end_on_the_plugin(target, tmp_path):
         num_clients = int(f.attrs["num_clients"])
         assert num_clients == 3
         shapes = f["layers/shape"][:]
-        assert len(shapes) == 6  # mentee: embeddings, 1 hidden layer, classifier (w, b each)
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in f["layers/names"][:]]
+        # the plug-in's mentee (not another family's): input layer, 1 hidden layer, classifier
+        assert names == ["embeddings.0.weight", "embeddings.0.bias", "layers.0.0.weight",
+                         "layers.0.0.bias", "classifier.weight", "classifier.bias"]
+        assert shapes.tolist() == [[32, 64], [32, 1], [32, 32], [32, 1], [10, 32], [10, 1]]
         per_client = header_bytes(len(shapes)) + sum(4 + math.ceil(int(r) * int(c) / 8)
                                                      for r, c in shapes)
         assert (f["clients/bytes_up"][:] == per_client).all()
