@@ -26,11 +26,10 @@ def preflight(cfg: Config) -> None:
     """Run every check (ConfigError on the first failure)."""
     from fedkd_mpi.aggregators import aggregator_of
     from fedkd_mpi.algorithms import build_algorithm
-    from fedkd_mpi.data import DataError, check_data
+    from fedkd_mpi.codecs.base import codec_class
+    from fedkd_mpi.data import DataError, check_data, dataset_of, partitioner_of
     from fedkd_mpi.data.federated import _features
     from fedkd_mpi.models import ModelOutputError, family_of, probe
-    from fedkd_mpi.codecs.base import codec_class
-    from fedkd_mpi.data import dataset_of, partitioner_of
     from fedkd_mpi.runtime.observers import load_callbacks
 
     # every name first, in the order of the config's sections
