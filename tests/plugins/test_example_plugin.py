@@ -67,13 +67,14 @@ def test_validate_finds_every_plugin_through_entry_points(target):
 
 
 @pytest.mark.parametrize(("overrides", "field", "what"), [
-    ((), "train.aggregation", "unknown aggregator 'clipped_mean'"),
-    (("train.aggregation=uniform",), "model.kind", "unknown model 'example_mlp'"),
-    (("train.aggregation=uniform", "model.kind=tiny"), "data.name", "unknown dataset 'digits'"),
+    ((), "data.name", "unknown dataset 'digits'"),
+    (("data.name=rotten_tomatoes",), "model.kind", "unknown model 'example_mlp'"),
+    (("data.name=rotten_tomatoes", "model.kind=tiny", "fedkd.codec=svd"), "train.aggregation",
+     "unknown aggregator 'clipped_mean'"),
 ])
 def test_without_the_plugin_each_name_is_refused_in_one_line(overrides, field, what):
-    """Not installed: refused before anything runs. Preflight resolves the aggregator, then
-    the model family, then the dataset; the first unknown name is the one reported."""
+    """Not installed: refused before anything runs. Preflight resolves the names in the
+    order of the config's sections; the first unknown one is reported."""
     line = _one_line(_validate(*overrides))
     assert f"'{field}'" in line and what in line, line
 
