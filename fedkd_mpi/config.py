@@ -6,11 +6,22 @@ Every error is reduced to one line naming the field and what would be valid
 
 from __future__ import annotations
 
+import os
+import stat
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 
 class ConfigError(ValueError):
@@ -18,7 +29,27 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """Unknown keys, NaN/Inf and booleans given for numbers are errors (``rounds: true`` would
+    otherwise read as 1, ``lr_mentor: .nan`` fail a bound with a misleading message)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and info.field_name is not None:
+            field = cls.model_fields.get(info.field_name)
+            if field is not None and _numeric(field.annotation):
+                raise ValueError("Input should be a number, not a boolean")
+        return value
+
+
+def _numeric(annotation: Any) -> bool:
+    """``int``/``float`` (or an Optional of them), not ``bool``."""
+    if annotation in (int, float):
+        return True
+    args = typing.get_args(annotation)
+    return bool(args) and bool not in args and any(a in (int, float) for a in args)
 
 
 class TransformerSpec(_Strict):
@@ -59,16 +90,43 @@ class DataConfig(_Strict):
         "per_client", description="per_client: test_fraction of each client's share; global: "
         "one held-out set (the official test split if any) evaluated by every client")
     test_samples: int | None = Field(None, ge=1, description="global: cap on held-out examples")
-    # data files (data.name: table | hf_disk); relative paths resolve against the config file
+    # data files (data.name: table | hf_disk; docs/data.md)
     path: str | None = Field(None, description="table: a CSV/TSV/JSONL/Parquet file (.gz/.bz2 "
-                             "too); hf_disk: a folder written by datasets.save_to_disk")
-    test_path: str | None = Field(None, description="table: an official test split file")
+                             "too); hf_disk: a folder written by datasets.save_to_disk. "
+                             "Relative: in a config file, against that file's folder; as a "
+                             "command-line override, against the working directory")
+    test_path: str | None = Field(None, description="table: an official test split file, same "
+                                  "columns; needs test_protocol global. Relative: as path")
     text_column: str | None = Field(None, description="column of the texts (token inputs)")
     feature_columns: list[str] | None = Field(None, description="numeric feature columns "
                                               "(feature-vector inputs)")
     label_column: str | None = Field(None, description="column of the labels (strings or ints)")
     group_column: str | None = Field(None, description="key of the natural partition (a user, "
                                      "a source, a document)")
+
+    @model_validator(mode="after")
+    def _files(self) -> DataConfig:
+        """The file datasets' keys (table, hf_disk) fit together; test_path needs global."""
+        if self.test_path is not None and self.test_protocol != "global":
+            raise ValueError("data.test_path (an official test split) needs "
+                             "data.test_protocol global")
+        if self.name not in ("table", "hf_disk"):
+            return self
+        if not self.path:
+            what = ("a CSV/TSV/JSONL/Parquet file" if self.name == "table"
+                    else "a folder written by datasets.save_to_disk")
+            raise ValueError(f"data.name {self.name} needs data.path ({what})")
+        if not self.label_column:
+            raise ValueError(f"data.name {self.name} needs data.label_column (the column of "
+                             "the labels)")
+        if bool(self.text_column) == bool(self.feature_columns):
+            which = "both" if self.text_column else "neither"
+            raise ValueError(f"data.name {self.name} needs exactly one of data.text_column "
+                             f"(texts) and data.feature_columns (numbers); {which} given")
+        if self.name == "hf_disk" and self.test_path is not None:
+            raise ValueError("data.test_path is for data.name table; hf_disk reads the "
+                             "folder's 'test' split")
+        return self
 
 
 class ModelConfig(_Strict):
@@ -237,6 +295,19 @@ class Config(_Strict):
         default_factory=dict, description="settings of plug-ins by their name, checked against "
         "the plug-in's own Settings model")
 
+    @field_validator("output")
+    @classmethod
+    def _output_is_a_file_path(cls, value: str) -> str:
+        """An empty ``output=`` (the working directory) or a path ending in '/' is not a
+        file name; said here instead of 'is a directory' later."""
+        if not value.strip():
+            raise ValueError("must be a file path, e.g. output=runs/run.h5")
+        if value.endswith(("/", os.sep)):
+            raise ValueError("must be a file path, not a directory")
+        if "\x00" in value:
+            raise ValueError("must not contain a NUL byte")
+        return value
+
     @model_validator(mode="before")
     @classmethod
     def _moved_keys(cls, tree: Any) -> Any:
@@ -303,13 +374,18 @@ def _format_error(err: ValidationError) -> str:
         parent = _schema_at(e["loc"][:-1])
         valid = ", ".join(parent.model_fields) if parent else "see docs"
         return f"config error: unknown key '{loc}' (valid keys here: {valid})"
-    msg = e["msg"]
+    msg = " ".join(str(e["msg"]).split())  # one line, whatever a validator wrote
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
     where = f"'{loc}'" if loc else "config"
     got = e.get("input")
-    got_txt = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
+    got_txt = "" if isinstance(got, dict) or got is None else f" (got {_short_repr(got)})"
     return f"config error: {where}: {msg}{got_txt}"
+
+
+def _short_repr(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _schema_at(loc: tuple) -> type[BaseModel] | None:
@@ -325,26 +401,188 @@ def _schema_at(loc: tuple) -> type[BaseModel] | None:
 
 
 def apply_override(tree: dict[str, Any], item: str) -> None:
-    """Apply one ``a.b.c=value`` override (value parsed as YAML) to a nested dict."""
+    """Apply one ``a.b.c=value`` override (value parsed as YAML) to a nested dict.
+
+    A mapping given for a section is merged into it (``model.mentor={layers: 2}`` keeps the
+    mentor's other keys); an empty one (``train={}``) sets nothing and is refused instead of
+    silently resetting the section."""
     if "=" not in item:
-        raise ConfigError(f"config error: override '{item}' is not of the form key=value")
+        raise ConfigError(f"config error: override '{_clip(item)}' is not of the form key=value")
     key, raw = item.split("=", 1)
     parts = key.strip().split(".")
     if len(parts) == 2 and parts[0] == "fedkd" and parts[1] in _MOVED_TO_SVD:
         parts = ["svd", _MOVED_TO_SVD[parts[1]]]  # the old name of an svd.* key
     if not all(parts):
-        raise ConfigError(f"config error: override key '{key}' is malformed")
+        raise ConfigError(f"config error: override key '{_clip(key)}' is malformed")
+    if len(raw.encode("utf-8", "replace")) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config error: override '{_clip(key)}': the value is longer than "
+                          f"{MAX_CONFIG_BYTES // 1024} KiB")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+        value = _parse_yaml(raw) if raw.strip() else ""
+    except _YAMLRefused as exc:
+        raise ConfigError(f"config error: override '{_clip(key)}': the value {exc.what}") \
+            from None
+    except Exception:  # not YAML: the text itself (e.g. a name with ':' in it)
         value = raw
     node = tree
     for p in parts[:-1]:
-        child = node.setdefault(p, {})
+        child = node.get(p)
+        if child is None:  # absent, or an empty section in the file ('train:')
+            child = node[p] = {}
         if not isinstance(child, dict):
-            raise ConfigError(f"config error: '{key}': '{p}' is not a section")
+            raise ConfigError(f"config error: '{_clip(key)}': '{p}' is not a section")
         node = child
+    if isinstance(value, dict):
+        if not value:
+            raise ConfigError(f"config error: override '{_clip(item)}' sets no key; give "
+                              f"the keys to change ({key.strip()}.<key>=value)")
+        old = node.get(parts[-1])
+        if isinstance(old, dict):
+            value = _merged(old, value)
     node[parts[-1]] = value
+
+
+def _merged(base: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in new.items():
+        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k),
+                                                                          dict) else v
+    return out
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    text = text.replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ---------------------------------------------------------------------------------------
+# reading the YAML file: bounded in size, depth and expansion; duplicate keys refused
+# ---------------------------------------------------------------------------------------
+#: a config file (or an override value) larger than this is refused unread; configs are a few
+#: KiB, and parsing is linear in the size (about 1 s per 64 KiB here in pure Python)
+MAX_CONFIG_BYTES = 256 * 1024
+#: values in the document once aliases are expanded, and nesting depth: far above any config
+MAX_YAML_NODES = 20_000
+MAX_YAML_DEPTH = 32
+
+
+class _YAMLRefused(yaml.YAMLError):
+    """A YAML document refused for its shape rather than its syntax."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.what = what
+
+
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _ConfigLoader(_Loader):  # type: ignore[misc, valid-type]
+    """``yaml.safe_load`` that refuses duplicate keys, alias bombs and deep nesting before
+    building anything (the node graph is checked without expanding it)."""
+
+    def get_single_data(self) -> Any:
+        node = self.get_single_node()
+        if node is None:
+            return None
+        _check_shape(node)
+        return self.construct_document(node)
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge" or \
+                        not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key = self.construct_object(key_node)
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise _YAMLRefused(f"has the key {_short_repr(key)} twice (lines "
+                                       f"{seen[key]} and {line})")
+                seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
+def _check_shape(root: yaml.Node) -> None:
+    """Expanded size and depth of a node graph, without expanding it (memoised, iterative:
+    no recursion, so no stack to overflow); cycles (a recursive alias) refused."""
+    size: dict[int, int] = {}
+    depth: dict[int, int] = {}
+    active: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        nid = id(node)
+        if finished:
+            kids = _children(node)
+            size[nid] = 1 + sum(size[id(k)] for k in kids)
+            depth[nid] = 1 + max((depth[id(k)] for k in kids), default=0)
+            active.discard(nid)
+            if size[nid] > MAX_YAML_NODES:
+                raise _YAMLRefused(f"expands to more than {MAX_YAML_NODES} values (YAML "
+                                   "aliases?)")
+            if depth[nid] > MAX_YAML_DEPTH:
+                raise _YAMLRefused(f"is nested more than {MAX_YAML_DEPTH} levels deep")
+            continue
+        if nid in size:
+            continue
+        if nid in active:
+            raise _YAMLRefused(f"refers to itself (a recursive YAML alias at line "
+                               f"{node.start_mark.line + 1})")
+        active.add(nid)
+        stack.append((node, True))
+        stack.extend((k, False) for k in _children(node) if id(k) not in size)
+
+
+def _parse_yaml(text: str) -> Any:
+    """One YAML document through :class:`_ConfigLoader`."""
+    loader = _ConfigLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def _read_config_text(p: Path) -> str:
+    """The text of a config file: a regular file, at most MAX_CONFIG_BYTES, UTF-8."""
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise ConfigError(f"config error: file '{p}' not found") from None
+    except (OSError, ValueError) as exc:  # permission on a folder, loop, NUL in the name
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"config error: cannot read '{p}' ({why})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"config error: '{p}' is a directory, not a config file")
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a character device" if stat.S_ISCHR(st.st_mode) else "a block device"
+                if stat.S_ISBLK(st.st_mode) else "a named pipe" if stat.S_ISFIFO(st.st_mode)
+                else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
+        raise ConfigError(f"config error: '{p}' is {kind}, not a config file")
+    too_big = (f"config error: '{p}' is larger than {MAX_CONFIG_BYTES // 1024} KiB; a config "
+               "file is a few KiB of YAML")
+    if st.st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(too_big)
+    try:
+        with open(p, "rb") as fh:
+            data = fh.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"config error: cannot read '{p}' ({exc.strerror or exc})") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(too_big)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"config error: cannot read '{p}' (not UTF-8 text)") from None
 
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -352,21 +590,26 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     tree: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config error: file '{p}' not found")
+        text = _read_config_text(p)
         try:
-            text = p.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-            raise ConfigError(f"config error: cannot read '{p}' ({why})") from None
-        try:
-            tree = yaml.safe_load(text) or {}
+            tree = _parse_yaml(text)
+        except _YAMLRefused as exc:
+            raise ConfigError(f"config error: '{p}' {exc.what}") from None
         except yaml.YAMLError as exc:
             line = getattr(getattr(exc, "problem_mark", None), "line", None)
             where = f" at line {line + 1}" if line is not None else ""
             raise ConfigError(f"config error: '{p}' is not valid YAML{where}") from None
+        except RecursionError:  # the pure-Python parser on deep nesting
+            raise ConfigError(f"config error: '{p}' is nested more than {MAX_YAML_DEPTH} "
+                              "levels deep") from None
+        except Exception as exc:  # e.g. an integer of 5000 digits
+            raise ConfigError(f"config error: '{p}' is not valid YAML "
+                              f"({_clip(str(exc) or type(exc).__name__)})") from None
+        if tree is None:
+            tree = {}
         if not isinstance(tree, dict):
             raise ConfigError(f"config error: '{p}' must hold a mapping of keys")
+        _resolve_data_paths(tree, p.parent)
         try:  # old svd keys in the file move first, so that overrides of either name win
             tree = Config._moved_keys(tree)
         except ValueError as exc:
@@ -374,6 +617,18 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     for item in overrides:
         apply_override(tree, item)
     return config_from_dict(tree)
+
+
+def _resolve_data_paths(tree: dict[str, Any], base: Path) -> None:
+    """Relative ``data.path`` / ``data.test_path`` written in a config file: made absolute
+    against the file's folder (overrides, applied later, stay relative to the working dir)."""
+    data = tree.get("data")
+    if not isinstance(data, dict):
+        return
+    for key in ("path", "test_path"):
+        value = data.get(key)
+        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+            data[key] = os.path.abspath(base / value)
 
 
 def config_from_dict(tree: dict[str, Any]) -> Config:

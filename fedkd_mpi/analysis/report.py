@@ -58,6 +58,11 @@ def summary_rows(run: Run) -> list[list[str]]:
     classes = run.attrs.get("class_names")
     if classes is not None and len(classes):
         rows.append(["classes", ", ".join(str(c) for c in classes)])
+    if run.attrs.get("data_path"):
+        test = (f" + {run.attrs.get('data_test_rows')} test" if run.attrs.get("data_test_path")
+                else "")
+        rows.append(["data source", f"{run.attrs['data_path']} ({run.attrs.get('data_rows')} "
+                     f"rows{test}, sha256 {str(run.attrs.get('data_sha256', ''))[:12]})"])
     codec = _cfg(run, "fedkd.codec" if alg == "fedkd" else "fedavg.codec", None)
     if codec is not None:
         rows.append(["codec", str(codec)])

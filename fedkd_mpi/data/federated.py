@@ -8,7 +8,7 @@ into tensors. :func:`check_data` runs the same steps without building tensors (v
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -48,6 +48,9 @@ class FederatedData:
     clients: dict[int, ClientData]
     label_hist: np.ndarray | None = None  # int64[num_clients, num_classes]: training labels
     input_kind: str = "tokens"  # tokens (int64 ids) | images (uint8) | features (float32)
+    #: where the data came from (file datasets: data_path, data_bytes, data_sha256, data_rows,
+    #: data_dropped_rows, data_test_*): the dataset's ``provenance`` after load(); root attrs
+    provenance: dict[str, object] = field(default_factory=dict)
 
 
 def load_corpus(name: str) -> Corpus:
@@ -106,7 +109,7 @@ def load_federated(cfg: DataConfig, seed: int, client_ids: list[int]) -> Federat
             clients[c] = ClientData(c, _features(corpus, train, cfg),
                                     torch.from_numpy(labels[train]), tx, ty)
     return FederatedData(len(corpus.class_names), corpus.class_names, sizes, clients, hist,
-                         corpus.input_kind)
+                         corpus.input_kind, dict(getattr(dataset, "provenance", None) or {}))
 
 
 def _load(cfg: DataConfig, dataset: Dataset) -> Corpus:

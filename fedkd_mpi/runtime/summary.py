@@ -121,4 +121,5 @@ def run_attrs(cfg: Config, comm: MPI.Intracomm, devices: list[str],
         round_numbering="1-based: rounds/round = r + 1",
         created_unix=time.time(),
         class_names=list(fed.class_names), dataset=cfg.data.name,
+        **getattr(fed, "provenance", {}),  # data files: data_path, data_bytes, data_sha256, ...
     )

@@ -75,7 +75,8 @@ class Overlapping(Partitioner):
 
 
 def test_builtin_names():
-    assert Dataset.registry.builtin_names() == ["bbc_news", "fashion_mnist", "rotten_tomatoes"]
+    assert Dataset.registry.builtin_names() == ["bbc_news", "fashion_mnist", "hf_disk",
+                                                "rotten_tomatoes", "table"]
     assert Partitioner.registry.builtin_names() == ["dirichlet", "iid", "natural", "shards"]
     assert LegacyDataError is DataError
     assert [type(dataset_of(DataConfig(name=n))).input_kind

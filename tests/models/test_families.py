@@ -102,8 +102,8 @@ class Raises(nn.Module):
 
 def test_registry_lists_the_builtin_families():
     names = ModelFamily.registry.builtin_names()
-    assert {"tiny", "hf", "cnn"} <= set(names)
-    assert all(n in ("tiny", "hf", "cnn") for n in names)  # plug-ins are not built-ins
+    assert {"tiny", "hf", "cnn", "mlp"} <= set(names)
+    assert all(n in ("tiny", "hf", "cnn", "mlp") for n in names)  # plug-ins are not built-ins
     kinds = {n: ModelFamily.registry.classes[n].input_kinds for n in ("tiny", "hf", "cnn")}
     assert kinds == {"tiny": ("tokens",), "hf": ("tokens",), "cnn": ("images",)}
 
