@@ -5,33 +5,35 @@
     .venv/bin/python benchmarks/suite.py baselines --table    # table + figure from existing files
 
 A suite file lists a base config, common ``key=value`` overrides, seeds, and named runs (each
-with its own overrides). Every (run, seed) is one ``mpiexec -n RANKS python -m fedkd_mpi run``
-job writing one HDF5 file ``<out>/<run>-s<seed>.h5``. A file whose ``status`` attribute is
-``completed`` counts as done and is never rerun, so an interrupted suite resumes where it
-stopped. The table is built from the HDF5 files only: final metric mean ± std over seeds, MB
-per client up and down (headers included, as handed to MPI), the reduction of total bytes
-against the reference run (mentor FedAvg), and the MB per client needed to reach the target
-metric on the seed-mean curve.
+with its own overrides). Every (run, seed) is one job of ``fedkd-mpi sweep``'s runner
+(fedkd_mpi/analysis/sweep.py: ``mpiexec -n RANKS python -m fedkd_mpi run``) writing one HDF5
+file ``<out>/<run>-s<seed>.h5`` (log and config in ``<out>/logs/``). A file whose ``status``
+attribute is ``completed`` counts as done and is never rerun, so an interrupted suite resumes
+where it stopped; any other is rerun from scratch. The table is built from the HDF5 files
+only: final metric mean ± std over seeds, MB per client up and down (headers included, as
+handed to MPI), the reduction of total bytes against the reference run (mentor FedAvg), and
+the MB per client needed to reach the target metric: per seed by
+``fedkd_mpi.analysis.compare.mb_to_target`` (the figure ``fedkd-mpi compare --target`` and
+the sweep summary print), the mean over the seeds that reach it.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import os
-import shlex
-import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 import yaml
 
+from fedkd_mpi.analysis.compare import MetricSpec, mb_to_target
+from fedkd_mpi.analysis.reader import load
+from fedkd_mpi.analysis.sweep import Job, execute, file_state
+from fedkd_mpi.api import Config
+
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 
 
 @dataclass
@@ -72,44 +74,21 @@ def h5_path(s: Suite, run: str, seed: int) -> Path:
 
 
 def is_done(path: Path) -> bool:
-    if not path.is_file():
-        return False
-    try:
-        with h5py.File(path, "r") as f:
-            return f.attrs.get("status") == "completed"
-    except OSError:
-        return False
+    return file_state(path)[0] == "completed"
 
 
-def command(s: Suite, run: str, seed: int) -> list[str]:
-    py = ROOT / ".venv" / "bin" / "python"
-    py = py if py.exists() else Path(sys.executable)
-    return [str(BIN / "mpiexec"), "-n", str(s.ranks), str(py), "-m", "fedkd_mpi", "run",
-            s.base, *s.overrides, *s.runs[run], f"seed={seed}",
-            f"output={h5_path(s, run, seed)}", "runtime.progress=false", "--overwrite"]
+def jobs(s: Suite) -> list[Job]:
+    base = Path(s.base) if Path(s.base).is_absolute() else ROOT / s.base
+    return [Job(f"{run} seed {seed}", f"{run}-s{seed}",
+                Config.load(base, [*s.overrides, *s.runs[run], f"seed={seed}"]), s.out.resolve(),
+                s.ranks)
+            for run in s.runs for seed in s.seeds]
 
 
 def run_all(s: Suite, dry: bool) -> int:
-    s.out.mkdir(parents=True, exist_ok=True)
-    failed = 0
-    todo = [(r, sd) for r in s.runs for sd in s.seeds]
-    for i, (run, seed) in enumerate(todo, 1):
-        out = h5_path(s, run, seed)
-        if is_done(out):
-            print(f"[{i}/{len(todo)}] {run} seed {seed}: done, skipped", flush=True)
-            continue
-        cmd = command(s, run, seed)
-        print(f"[{i}/{len(todo)}] {shlex.join(cmd)}", flush=True)
-        if dry:
-            continue
-        t = time.time()
-        log = out.with_suffix(".log")
-        with log.open("w") as fh:
-            rc = subprocess.call(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT,
-                                 env={**os.environ, "OMP_NUM_THREADS": "1"})
-        print(f"    rc={rc}  {time.time() - t:.0f}s  log {log}", flush=True)
-        failed += rc != 0 or not is_done(out)
-    return failed
+    """Every (run, seed) not completed yet, through the sweep runner; returns the failures."""
+    state = execute(jobs(s), overwrite=True, dry_run=dry)
+    return sum(v != "completed" for v in state.values())
 
 
 # ---------------------------------------------------------------------------------------
@@ -121,27 +100,24 @@ class Curve:
     cum_mb: np.ndarray  # cumulative MB per client, up + down
     up_mb: float
     down_mb: float
+    run: object = None  # the loaded run (fedkd_mpi.analysis.Run)
+    which: str = "auto"
 
 
 def read_curve(path: Path, which: str) -> Curve:
-    with h5py.File(path, "r") as f:
-        n = int(f.attrs["num_clients"])
-        up = f["rounds/bytes_up"][:].astype(np.float64) / n / 1e6
-        down = f["rounds/bytes_down"][:].astype(np.float64) / n / 1e6
-        mentor, mentee = f["rounds/mentor_metric"][:], f["rounds/mentee_metric"][:]
-    if which == "auto":
-        which = "mentor" if not np.all(np.isnan(mentor)) else "mentee"
-    m = mentor if which == "mentor" else mentee
-    return Curve(m, np.cumsum(up + down), float(up.sum()), float(down.sum()))
+    run = load(path)
+    col, _ = MetricSpec.parse(which).column(run)
+    s = run.summary
+    return Curve(run.rounds[col].to_numpy(float), run.rounds["cum_mb_per_client"].to_numpy(float),
+                 s.mb_up_per_client, s.mb_down_per_client, run, which)
 
 
-def mb_to_target(curves: list[Curve], target: float) -> tuple[float, int]:
-    """MB per client at the first round where the seed-mean metric reaches ``target``."""
-    rounds = min(len(c.metric) for c in curves)
-    mean = np.mean([c.metric[:rounds] for c in curves], axis=0)
-    mb = np.mean([c.cum_mb[:rounds] for c in curves], axis=0)
-    hit = np.flatnonzero(mean >= target)
-    return (float(mb[hit[0]]), int(hit[0]) + 1) if hit.size else (math.nan, -1)
+def to_target(curves: list[Curve], target: float) -> tuple[float, list[int]]:
+    """Mean over the seeds that reach ``target`` of their MB per client to it (compare's
+    mb_to_target, per seed), and those seeds' rounds."""
+    hits = [mb_to_target(c.run, target, c.which) for c in curves]
+    hits = [(mb, int(r)) for mb, r in hits if math.isfinite(mb)]
+    return (float(np.mean([mb for mb, _ in hits])) if hits else math.nan, [r for _, r in hits])
 
 
 def target_value(s: Suite, ref: list[Curve]) -> float:
@@ -165,24 +141,24 @@ def build_table(s: Suite) -> str:
     ref = data[s.reference]
     ref_total = np.mean([c.up_mb + c.down_mb for c in ref])
     target = target_value(s, ref)
-    ref_mb, _ = mb_to_target(ref, target)
+    ref_mb, _ = to_target(ref, target)
     rows = []
     for run, cs in data.items():
         final = np.array([c.metric[-1] for c in cs])
         up, down = np.mean([c.up_mb for c in cs]), np.mean([c.down_mb for c in cs])
-        mb, rnd = mb_to_target(cs, target)
-        reached = sum(bool(np.any(c.metric >= target)) for c in cs)
+        mb, rnds = to_target(cs, target)
+        reached = len(rnds)
         sd = final.std(ddof=1) if len(cs) > 1 else 0.0
         rows.append([
             run, f"{len(cs)}", f"{final.mean():.4f} ± {sd:.4f}",
             f"{up:.4f}", f"{down:.4f}", f"{ref_total / (up + down):.1f}x" if up + down else "n/a",
             "not reached" if math.isnan(mb) else f"{mb:.4f}",
-            "-" if rnd < 0 else str(rnd),
+            ", ".join(map(str, rnds)) or "-",
             "-" if math.isnan(mb) or math.isnan(ref_mb) else f"{ref_mb / mb:.1f}x",
             f"{reached}/{len(cs)}",
         ])
     head = ["run", "seeds", "final metric (mean ± std)", "MB up/client", "MB down/client",
-            "total bytes: x below ref", f"MB/client to {target:.4f}", "round",
+            "total bytes: x below ref", f"MB/client to {target:.4f}", "round (per seed)",
             "to-target: x below ref", "seeds reaching"]
     return (f"target metric {target:.4f} ({s.target}); reference run: {s.reference}; "
             f"metric: {s.metric}\n\n" + tabulate(rows, head, tablefmt="github",

@@ -1,4 +1,5 @@
-"""The analysis subcommands of ``fedkd-mpi``: report, compare, export (no MPI, no torch).
+"""The analysis subcommands of ``fedkd-mpi``: report, compare, export (no MPI, no torch), and
+sweep (a grid of runs, each one ``mpiexec ... fedkd-mpi run`` job; fedkd_mpi/analysis/sweep.py).
 
 Errors about the input files (missing, not a run file, unsupported format_version, unknown
 config key or metric) print one line on stderr and return exit code 2.
@@ -10,11 +11,11 @@ import argparse
 import sys
 from pathlib import Path
 
-COMMANDS = ("report", "compare", "export")
+COMMANDS = ("report", "compare", "export", "sweep")
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    """Add the report / compare / export subparsers to ``fedkd-mpi``'s parser."""
+    """Add the report / compare / export / sweep subparsers to ``fedkd-mpi``'s parser."""
     s = sub.add_parser("report", help="summary table and figures of one run file "
                        "(works on live and killed runs)")
     s.add_argument("run", help="run file (HDF5)")
@@ -26,11 +27,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="live view: redo the summary and figures every SECONDS while the run "
                         "is in progress (stops when it ends or looks killed)")
 
-    s = sub.add_parser("compare", help="runs grouped by a config key, seeds folded into "
+    s = sub.add_parser("compare", help="runs grouped by config keys, seeds folded into "
                        "mean ± std (Table 1 shape), overlaid metric-vs-MB curves")
     s.add_argument("runs", nargs="+", help="run files (HDF5)")
-    s.add_argument("--group-by", default="algorithm", dest="group_by",
-                   help="dotted config key (default: algorithm; e.g. model.mentee.layers)")
+    s.add_argument("--group-by", "--key", default="algorithm", dest="group_by",
+                   help="dotted config key, or several comma-separated (default: algorithm; "
+                        "e.g. model.mentee.layers, or algorithm,svd.t_end)")
     s.add_argument("--metric", default="auto",
                    help="for the curves and --target: auto (the run's own model: mentor if it "
                         "has one, else mentee), mentor, mentee, NAME, mentor_NAME or "
@@ -46,6 +48,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--to", choices=("csv", "parquet"), required=True)
     s.add_argument("--out", type=Path, default=None,
                    help="folder (default: RUN without .h5 + '_export')")
+
+    from fedkd_mpi.analysis import sweep
+
+    sweep.add_parser(sub)
 
 
 def _default_out(run: str, suffix: str) -> Path:
@@ -96,6 +102,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         main_compare(args.runs, args.group_by, args.metric, args.target, args.out, args.fmt)
         return 0
+    if args.command == "sweep":
+        from fedkd_mpi.analysis import sweep
+
+        return sweep.main(args)
     if args.command == "export":
         from fedkd_mpi.analysis.export import export
 

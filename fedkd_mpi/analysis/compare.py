@@ -1,15 +1,17 @@
-"""``fedkd-mpi compare A.h5 B.h5 ...``: runs grouped by a config key, seeds folded into mean ± std.
+"""``fedkd-mpi compare A.h5 B.h5 ...``: runs grouped by config keys, seeds folded into mean ± std.
 
 The table has the shape of the paper's Table 1: final mentor and mentee metric, MB per client
 (up + down), reduction against FedAvg on the mentor, and optionally the MB per client needed to
-reach a target metric. Std is the sample standard deviation (ddof = 1), as for "mean ± std over
-5 runs" in the paper; with one run it is left out.
+reach a target metric (:func:`mb_to_target`, the one definition that ``fedkd-mpi sweep`` and
+``benchmarks/suite.py`` use too). Std is the sample standard deviation (ddof = 1), as for
+"mean ± std over 5 runs" in the paper; with one run it is left out.
 """
 
 from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +58,15 @@ class MetricSpec:
         return run.metric_column(models[-1], name), f"{models[-1]} {plots.pretty_metric(name)}"
 
 
+def parse_keys(key: str | Sequence[str]) -> list[str]:
+    """``"algorithm,seed"`` or ``["algorithm", "seed"]`` -> the dotted keys to group by."""
+    parts = key.split(",") if isinstance(key, str) else list(key)
+    keys = [k.strip() for k in parts if k.strip()]
+    if not keys:
+        raise KeyError(f"group-by {key!r}: give one or more dotted config keys (a,b)")
+    return keys
+
+
 def group_value(run: Run, key: str) -> str:
     try:
         v = config_get(run.config, key)
@@ -74,13 +85,29 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: repr(tree)}
 
 
-def mixed_keys(runs: list[Run], key: str) -> list[str]:
-    """Config keys (other than the group key, seed, output) that differ within the group."""
+def mixed_keys(runs: list[Run], key: str | Sequence[str]) -> list[str]:
+    """Config keys (other than the group keys, seed, output) that differ within the group."""
+    group = parse_keys(key)
     flats = [_flat(r.config) for r in runs]
     keys = set().union(*flats) if flats else set()
-    return sorted(k for k in keys if k not in IGNORED_KEYS and k != key
-                  and not k.startswith(f"{key}.")
+    return sorted(k for k in keys if k not in IGNORED_KEYS and k not in group
+                  and not any(k.startswith(f"{g}.") for g in group)
                   and len({f.get(k, "<absent>") for f in flats}) > 1)
+
+
+def mb_to_target(run: Run, target: float, metric: str | MetricSpec | None = None
+                 ) -> tuple[float, float]:
+    """(cumulative MB per client up + down, 1-based round) at the first round where the run's
+    metric (``--metric``: auto = its own model) is >= ``target``; (nan, nan) if never.
+
+    Per run: a group's figure is the mean over the runs that reach the target ((k/n))."""
+    spec = metric if isinstance(metric, MetricSpec) else MetricSpec.parse(metric)
+    col, _ = spec.column(run)
+    hit = np.flatnonzero(run.rounds[col].to_numpy(float) >= target)
+    if not len(hit):
+        return math.nan, math.nan
+    return (float(run.rounds["cum_mb_per_client"].iloc[hit[0]]),
+            float(run.rounds["round"].iloc[hit[0]]))
 
 
 def run_row(run: Run, spec: MetricSpec, target: float | None) -> dict[str, Any]:
@@ -95,12 +122,7 @@ def run_row(run: Run, spec: MetricSpec, target: float | None) -> dict[str, Any]:
     row["mb_down_per_client"] = s.mb_down_per_client
     row["reduction_vs_mentor_fedavg"] = s.reduction_vs_mentor_fedavg
     if target is not None:
-        col, _ = spec.column(run)
-        v = run.rounds[col].to_numpy(float)
-        hit = np.flatnonzero(v >= target)
-        row["mb_to_target"] = (float(run.rounds["cum_mb_per_client"].iloc[hit[0]])
-                               if len(hit) else math.nan)
-        row["round_to_target"] = int(run.rounds["round"].iloc[hit[0]]) if len(hit) else math.nan
+        row["mb_to_target"], row["round_to_target"] = mb_to_target(run, target, spec)
     return row
 
 
@@ -108,27 +130,40 @@ VALUE_COLS = ["final_mentor", "final_mentee", "mb_per_client", "reduction_vs_men
               "mb_to_target"]
 
 
-def per_run_table(runs: list[Run], key: str, spec: MetricSpec,
+def _value_or_none(run: Run, key: str) -> str | None:
+    try:
+        return group_value(run, key)
+    except KeyError:
+        return None
+
+
+def per_run_table(runs: list[Run], key: str | Sequence[str], spec: MetricSpec,
                   target: float | None) -> pd.DataFrame:
-    """One row per run; a key missing from some (older) files groups them as '(absent)'."""
-    groups: list[str | None] = []
-    for r in runs:
-        try:
-            groups.append(group_value(r, key))
-        except KeyError:
-            groups.append(None)
-    if all(g is None for g in groups):
-        group_value(runs[0], key)  # raises the one-line error
-    rows = [{"group": "(absent)" if g is None else g, **run_row(r, spec, target)}
-            for r, g in zip(runs, groups, strict=True)]
+    """One row per run: ``group`` (the key values joined by ', '), ``label`` (k1=v1, k2=v2),
+    one column per group key, the values; a key missing from some (older) files groups them
+    as '(absent)'."""
+    keys = parse_keys(key)
+    values = [[_value_or_none(r, k) for k in keys] for r in runs]
+    for j, k in enumerate(keys):
+        if all(v[j] is None for v in values):
+            group_value(runs[0], k)  # raises the one-line error
+    rows = []
+    for r, v in zip(runs, values, strict=True):
+        shown = ["(absent)" if x is None else x for x in v]
+        rows.append({"group": ", ".join(shown), **dict(zip(keys, shown, strict=True)),
+                     **run_row(r, spec, target),
+                     "label": ", ".join(f"{k}={x}" for k, x in zip(keys, shown, strict=True))})
     return pd.DataFrame(rows)
 
 
-def fold(per_run: pd.DataFrame) -> pd.DataFrame:
-    """Per group: n and mean/std/n of every value column (NaN-aware: n counts finite values)."""
+def fold(per_run: pd.DataFrame, key: str | Sequence[str] = ()) -> pd.DataFrame:
+    """Per group: the group keys' values, n, and mean/std/n of every value column (NaN-aware:
+    n counts finite values)."""
+    keys = parse_keys(key) if key else []
     out = []
     for g, sub in per_run.groupby("group", sort=False):
-        row: dict[str, Any] = {"group": g, "n": len(sub)}
+        row: dict[str, Any] = {"group": g, **{k: sub[k].iloc[0] for k in keys if k in sub},
+                               "n": len(sub)}
         for c in VALUE_COLS:
             if c not in sub:
                 continue
@@ -148,9 +183,10 @@ def _pm(mean: float, std: float, n: int, total: int, digits: int, missing: str =
     return txt + (f" ({n}/{total})" if n != total else "")
 
 
-def markdown(folded: pd.DataFrame, key: str, metric: str, target: float | None,
+def markdown(folded: pd.DataFrame, key: str | Sequence[str], metric: str, target: float | None,
              target_label: str) -> str:
-    headers = [key, "n", f"final mentor {metric}", f"final mentee {metric}",
+    keys = parse_keys(key)
+    headers = [*keys, "n", f"final mentor {metric}", f"final mentee {metric}",
                "MB / client (up+down)", "reduction × vs mentor FedAvg"]
     cols = [("final_mentor", 4, "–"), ("final_mentee", 4, "–"), ("mb_per_client", 4, "–"),
             ("reduction_vs_mentor_fedavg", 1, "–")]
@@ -160,7 +196,9 @@ def markdown(folded: pd.DataFrame, key: str, metric: str, target: float | None,
     rows = []
     for _, r in folded.iterrows():
         total = int(r["n"])
-        rows.append([r["group"], total] + [
+        own = ([str(r[k]) for k in keys] if all(k in r for k in keys) and len(keys) > 1
+               else [str(r["group"])])
+        rows.append([*own, total] + [
             _pm(r[f"{c}_mean"], r[f"{c}_std"], int(r[f"{c}_n"]), total, d, miss)
             for c, d, miss in cols])
     table = pd.DataFrame(rows, columns=headers)
@@ -168,7 +206,7 @@ def markdown(folded: pd.DataFrame, key: str, metric: str, target: float | None,
 
 
 def curves_figure(runs: list[Run], groups: list[str], spec: MetricSpec, out: Path, fmt_: str,
-                  key: str) -> Path:
+                  labels: dict[str, str]) -> Path:
     """Metric against cumulative MB per client: one line per group (mean over runs, ± std).
 
     With ``--metric auto`` a group whose own model is the mentor also gets its mentee, dashed,
@@ -200,7 +238,7 @@ def curves_figure(runs: list[Run], groups: list[str], spec: MetricSpec, out: Pat
                 continue
             ym = y.mean(axis=0)
             ax.plot(xm, ym, marker="o" if ls == "-" else "s", ls=ls, color=color,
-                    label=f"{key}={g}: {model} (n={len(members)})")
+                    label=f"{labels.get(g, g)}: {model} (n={len(members)})")
             if len(members) > 1:
                 ys = y.std(axis=0, ddof=1)
                 ax.fill_between(xm, ym - ys, ym + ys, color=color,
@@ -215,30 +253,34 @@ def curves_figure(runs: list[Run], groups: list[str], spec: MetricSpec, out: Pat
     return plots.save(fig, out, "compare_metric_vs_mb", fmt_)
 
 
-def compare(runs: list[Run], key: str = "algorithm", metric: str | None = None,
+def compare(runs: list[Run], key: str | Sequence[str] = "algorithm", metric: str | None = None,
             target: float | None = None, out: Path | None = None,
             fmt_: str = "png") -> tuple[str, pd.DataFrame, pd.DataFrame, list[Path]]:
-    """Markdown table, folded table, per-run table and written files (CSV, markdown, figure)."""
+    """Markdown table, folded table, per-run table and written files (CSV, markdown, figure).
+
+    ``key``: one dotted config key or several (``"algorithm,seed"`` or a list)."""
     spec = MetricSpec.parse(metric)
-    per_run = per_run_table(runs, key, spec, target)
-    folded = fold(per_run)
+    keys = parse_keys(key)
+    per_run = per_run_table(runs, keys, spec, target)
+    folded = fold(per_run, keys)
+    labels = dict(zip(per_run["group"], per_run["label"], strict=True))
     name = spec.name or runs[0].summary.metric_name
     target_label = f"{spec.model} {name}" if spec.model else f"{name} (mentor, else mentee)"
-    md = markdown(folded, key, name, target, target_label)
+    md = markdown(folded, keys, name, target, target_label)
     notes = []
     for g in folded["group"]:
         members = [r for r, gg in zip(runs, per_run["group"], strict=True) if gg == g]
-        mixed = mixed_keys(members, key)
+        mixed = mixed_keys(members, keys)
         if mixed:
             shown = ", ".join(mixed[:6]) + (" ..." if len(mixed) > 6 else "")
-            notes.append(f"note: group {key}={g} mixes runs that differ in {shown}")
+            notes.append(f"note: group {labels[g]} mixes runs that differ in {shown}")
         bad = [r for r in members if not r.summary.complete]
         for r in bad:
             notes.append(f"note: {r.path} is {r.summary.status} "
                          f"({r.summary.rounds_completed} rounds); its last round is used")
         rounds = {r.summary.rounds_completed for r in members}
         if len(rounds) > 1:
-            notes.append(f"note: group {key}={g} has runs of {sorted(rounds)} rounds; the curve "
+            notes.append(f"note: group {labels[g]} has runs of {sorted(rounds)} rounds; the curve "
                          f"stops at {min(rounds)}")
     if target is not None:
         notes.append(f"MB to target: cumulative MB per client at the first round where the "
@@ -254,12 +296,12 @@ def compare(runs: list[Run], key: str = "algorithm", metric: str | None = None,
         folded.to_csv(out / "compare.csv", index=False)
         per_run.to_csv(out / "compare_runs.csv", index=False)
         written += [out / "compare.md", out / "compare.csv", out / "compare_runs.csv"]
-        written.append(curves_figure(runs, list(per_run["group"]), spec, out, fmt_, key))
+        written.append(curves_figure(runs, list(per_run["group"]), spec, out, fmt_, labels))
     return text, folded, per_run, written
 
 
-def main_compare(paths: list[str], key: str, metric: str | None, target: float | None,
-                 out: Path | None, fmt_: str) -> str:
+def main_compare(paths: list[str], key: str | Sequence[str], metric: str | None,
+                 target: float | None, out: Path | None, fmt_: str) -> str:
     from fedkd_mpi.analysis.reader import load
 
     runs = [load(p) for p in paths]

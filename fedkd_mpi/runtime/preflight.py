@@ -30,7 +30,7 @@ def preflight(cfg: Config) -> None:
     from fedkd_mpi.data import DataError, check_data, dataset_of, partitioner_of
     from fedkd_mpi.data.federated import _features
     from fedkd_mpi.models import ModelOutputError, family_of, probe
-    from fedkd_mpi.runtime.observers import load_callbacks
+    from fedkd_mpi.runtime.observers import check_tensorboard, load_callbacks
 
     # every name first, in the order of the config's sections
     dataset_of(cfg.data)
@@ -41,6 +41,7 @@ def preflight(cfg: Config) -> None:
         codec_class(alg.codec_name, alg.codec_field)
     aggregator = aggregator_of(cfg)
     load_callbacks(cfg)
+    check_tensorboard(cfg)
     family.check()
     try:
         corpus = check_data(cfg.data, cfg.seed)
