@@ -20,11 +20,10 @@ from pathlib import Path
 import pyarrow as pa
 
 from fedkd_mpi.config import DataConfig
-from fedkd_mpi.data.base import Corpus, DataError, Dataset
+from fedkd_mpi.data.base import Corpus, DataError
 from fedkd_mpi.data.table import (
-    KEYS,
+    FileDataset,
     build_corpus,
-    check_clients,
     error_line,
     extract,
     file_facts,
@@ -162,23 +161,12 @@ def _stamp(folder: Path) -> tuple:
                         for p in folder.rglob("*") if p.is_file()))
 
 
-class HFDisk(Dataset):
+class HFDisk(FileDataset):
     """``hf_disk``: a ``datasets.save_to_disk`` folder (``data.path``), read with pyarrow."""
 
     name = "hf_disk"
     input_kind = "tokens"  # feature_columns: "features" (set per instance)
+    _load = staticmethod(_load)
 
-    def __init__(self, cfg: DataConfig) -> None:
-        super().__init__(cfg)
-        self.input_kind = "features" if cfg.feature_columns else "tokens"
-        self.provenance: dict[str, object] = {}
-
-    def load(self) -> Corpus:
-        c = self.cfg
-        if not c.path or not c.label_column:
-            raise DataError("data error: data.name 'hf_disk' needs data.path and "
-                            "data.label_column")
-        corpus, facts = _load(c.model_dump_json(include=KEYS), _stamp(Path(c.path).expanduser()))
-        check_clients(c, corpus, facts["data_rows"], f"data error: data.path '{c.path}'")
-        self.provenance = dict(facts)
-        return corpus
+    def _stamp(self) -> tuple:
+        return _stamp(Path(self.cfg.path).expanduser())

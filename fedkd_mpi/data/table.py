@@ -303,11 +303,11 @@ def _load(cfg_json: str, stamp: tuple) -> tuple[Corpus, dict]:
     return build_corpus(cfg, train, test, where, test_where), facts
 
 
-class Table(Dataset):
-    """``table``: a labelled CSV/TSV/JSONL/Parquet file (``data.path``)."""
-
-    name = "table"
-    input_kind = "tokens"  # feature_columns: "features" (set per instance)
+class FileDataset(Dataset):
+    """A dataset read from the files named by ``data.path`` (and columns of the data section):
+    the inputs are texts or numeric features by the config, loads are cached per file state,
+    and the files' provenance is kept for the run file. Subclasses give ``_load(key, stamp)``
+    (cached) and ``_stamp()``."""
 
     def __init__(self, cfg: DataConfig) -> None:
         super().__init__(cfg)
@@ -317,9 +317,20 @@ class Table(Dataset):
     def load(self) -> Corpus:
         c = self.cfg
         if not c.path or not c.label_column:
-            raise DataError("data error: data.name 'table' needs data.path and "
+            raise DataError(f"data error: data.name '{self.name}' needs data.path and "
                             "data.label_column")
-        corpus, facts = _load(c.model_dump_json(include=KEYS), _stamp(c.path, c.test_path))
+        corpus, facts = type(self)._load(c.model_dump_json(include=KEYS), self._stamp())
         check_clients(c, corpus, facts["data_rows"], f"data error: data.path '{c.path}'")
         self.provenance = dict(facts)
         return corpus
+
+
+class Table(FileDataset):
+    """``table``: a labelled CSV/TSV/JSONL/Parquet file (``data.path``)."""
+
+    name = "table"
+    input_kind = "tokens"  # feature_columns: "features" (set per instance)
+    _load = staticmethod(_load)
+
+    def _stamp(self) -> tuple:
+        return _stamp(self.cfg.path, self.cfg.test_path)
