@@ -10,8 +10,10 @@
 # FEDKD_REQUEUE=1 (sbatch --export=ALL,FEDKD_REQUEUE=1 ...) the job then requeues itself;
 # otherwise submit the same command again. Whenever a checkpoint of the output exists
 # (runtime.checkpoint_dir, default <output>.ckpt), this script continues it with --resume,
-# so re-submitting (or requeueing) is all that is needed. Set runtime.checkpoint_every too,
-# to survive node failures and not only walltime.
+# so re-submitting (or requeueing) is all that is needed; once the run is complete, a
+# re-submission prints "nothing to do" and exits 0. Set runtime.checkpoint_every too, to
+# survive node failures and not only walltime. TERM, HUP and INT reaching this script are
+# forwarded the same way (mpiexec itself ignores HUP: it would die of it and orphan the run).
 #
 # MPI: the project's own MPICH (.venv/bin/mpiexec, from PyPI) launches the ranks on the
 # allocation's nodes (Hydra detects SLURM and uses srun to place its proxies). To use the
@@ -35,14 +37,18 @@ if [ "${SLURM_JOB_NUM_NODES:-1}" = 1 ]; then export HYDRA_LAUNCHER=${HYDRA_LAUNC
 cfg_args=()
 for a in "$@"; do case $a in --*) ;; *) cfg_args+=("$a") ;; esac; done
 state=$(.venv/bin/fedkd-mpi validate --resume-state "${cfg_args[@]}") || exit 2
+if [ "$state" = complete ]; then
+  echo "fedkd-mpi job ${SLURM_JOB_ID:-local}: the output of this config is complete; nothing to do"
+  exit 0
+fi
 extra=()
 [ "$state" = resume ] && extra=(--resume)
 echo "fedkd-mpi job ${SLURM_JOB_ID:-local}: $n ranks, $state run: $*"
 
-.venv/bin/mpiexec -n "$n" .venv/bin/fedkd-mpi run "$@" "${extra[@]}" &
+(trap '' HUP; exec .venv/bin/mpiexec -n "$n" .venv/bin/fedkd-mpi run "$@" "${extra[@]}") &
 pid=$!
 forward() { echo "fedkd-mpi job: signal received, asking the run to checkpoint"; kill -USR1 "$pid" 2>/dev/null; }
-trap forward USR1 TERM
+trap forward USR1 TERM HUP INT
 rc=0
 while true; do  # `wait` returns early (status > 128) when a trapped signal arrives
   wait "$pid"; rc=$?

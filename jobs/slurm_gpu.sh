@@ -28,7 +28,8 @@
 # Walltime: --signal=USR1@120 sends USR1 to every task 120 s before the limit; the run
 # checkpoints at the next round boundary, marks the HDF5 file 'interrupted' and exits 3.
 # Submit the same command again (or requeue: FEDKD_REQUEUE=1) and it continues from the
-# checkpoint (--resume is added automatically when one exists). runtime.checkpoint_dir
+# checkpoint (--resume is added automatically when one exists; once the run is complete, a
+# re-submission prints "nothing to do" and exits 0). runtime.checkpoint_dir
 # (default <output>.ckpt) must be on a filesystem all nodes see; runtime.spill_dir should be
 # node-local (default: $TMPDIR).
 #SBATCH --job-name=fedkd-mpi-gpu
@@ -47,6 +48,10 @@ export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1} MKL_NUM_THREADS=${SLURM_CPUS_PE
 cfg_args=()
 for a in "$@"; do case $a in --*) ;; *) cfg_args+=("$a") ;; esac; done
 state=$(.venv/bin/fedkd-mpi validate --resume-state "${cfg_args[@]}") || exit 2
+if [ "$state" = complete ]; then
+  echo "fedkd-mpi job ${SLURM_JOB_ID:-local}: the output of this config is complete; nothing to do"
+  exit 0
+fi
 extra=()
 [ "$state" = resume ] && extra=(--resume)
 echo "fedkd-mpi job ${SLURM_JOB_ID:-local}: ${SLURM_NTASKS:-?} tasks, $state run: $*"

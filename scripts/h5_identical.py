@@ -3,8 +3,10 @@
 
 Usage: h5_identical.py [--new-attrs a,b] A.h5 B.h5 [A2.h5 B2.h5 ...]
 Excluded (they measure time, memory or the host, never results): timing/, memory/, the
-*_time_s datasets, and the attributes created_unix, devices, config, fedkd_mpi_version.
-``--new-attrs``: root attributes that B may add (a format extension), ignored when A lacks them.
+*_time_s datasets, run/heartbeat_unix, and the attributes created_unix, devices, config,
+fedkd_mpi_version.
+``--new-attrs``: root attributes that B may add (a format extension), ignored when A lacks them;
+a name with a '/' is a dataset B may add (e.g. run/status, run/error of format 3).
 Exit 0 when every pair matches, 1 otherwise (each difference printed).
 """
 
@@ -18,6 +20,7 @@ import numpy as np
 SKIP_GROUPS = ("timing/", "memory/")
 SKIP_ATTRS = {"created_unix", "devices", "config", "fedkd_mpi_version", "mpi_library",
               "torch_version", "resumed_unix", "heartbeat_unix", "writer"}
+SKIP_DATASETS = {"run/heartbeat_unix"}
 
 
 def _items(f: h5py.File) -> dict[str, np.ndarray]:
@@ -25,7 +28,7 @@ def _items(f: h5py.File) -> dict[str, np.ndarray]:
 
     def visit(name: str, obj: object) -> None:
         if isinstance(obj, h5py.Dataset) and not name.startswith(SKIP_GROUPS) \
-                and not name.endswith("_time_s"):
+                and not name.endswith("_time_s") and name not in SKIP_DATASETS:
             out[name] = obj[()]
 
     f.visititems(visit)
@@ -45,6 +48,8 @@ def compare(a: str, b: str, new_attrs: set[str]) -> list[str]:
     with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
         da, db = _items(fa), _items(fb)
         for k in sorted(set(da) | set(db)):
+            if k not in da and k in new_attrs:
+                continue
             if k not in da or k not in db:
                 diffs.append(f"{k}: only in {'B' if k not in da else 'A'}")
             elif not _same(da[k], db[k]):

@@ -13,8 +13,6 @@ changes (format_version 2, extra metrics, participation masks) show up without c
 from __future__ import annotations
 
 import math
-import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from fedkd_mpi.storage.h5 import open_live
+from fedkd_mpi.storage.h5 import open_live, run_state
+from fedkd_mpi.storage.liveness import WriterVerdict, judge_writer
 from fedkd_mpi.storage.schema import FORMAT_VERSION, RANK_GROUPS
 
 SUPPORTED_VERSIONS = tuple(range(1, FORMAT_VERSION + 1))
@@ -42,7 +41,7 @@ class RunSummary:
     path: str
     format_version: int
     status: str  # the file's status attribute
-    status_note: str  # human reading, e.g. 'incomplete (killed or still running): ...'
+    status_note: str  # human reading: 'completed', 'killed: 2 of 5 rounds kept; ...', ...
     complete: bool
     algorithm: str
     seed: int | None
@@ -169,6 +168,13 @@ def load(path: str | Path) -> Run:
 
 def _read(path: Path, f: h5py.File, version: int) -> Run:
     attrs = {k: _attr(v) for k, v in f.attrs.items()}
+    state = run_state(f)  # format 3: the run/ datasets, written in place, win over the attrs
+    attrs["status"] = state["status"]
+    if state["error"]:
+        attrs["error"] = state["error"]
+    elif attrs.get("status") != "failed":
+        attrs.pop("error", None)
+    verdict = judge_writer(f, path) if attrs["status"] == "running" else None
     try:
         config = yaml.safe_load(attrs.get("config", "")) or {}
     except yaml.YAMLError:
@@ -211,7 +217,7 @@ def _read(path: Path, f: h5py.File, version: int) -> Run:
         layer_df["energy_threshold"] = np.repeat(rounds["energy_threshold"].to_numpy(),
                                                  len(layer_df) // max(n, 1))
     _add_phase_times(rounds, timing)
-    summary = _summary(path, version, attrs, config, rounds, clients, n, num_clients)
+    summary = _summary(path, version, attrs, config, rounds, clients, n, num_clients, verdict)
     return Run(path=path, attrs=attrs, config=config, rounds=rounds, clients=clients,
                layers=layer_df, timing=timing, summary=summary)
 
@@ -325,7 +331,7 @@ def _metric_names(attrs: dict[str, Any], rounds: pd.DataFrame) -> list[str]:
 
 
 def _status_note(path: Path, status: str, rounds: pd.DataFrame, planned: int | None,
-                 created: float | None, error: str | None = None) -> tuple[str, bool]:
+                 verdict: WriterVerdict | None, error: str | None = None) -> tuple[str, bool]:
     done = len(rounds)
     if status == "completed":
         if planned is not None and done < planned:
@@ -336,34 +342,37 @@ def _status_note(path: Path, status: str, rounds: pd.DataFrame, planned: int | N
         return f"failed after {done} completed rounds{why}", False
     if status == "interrupted":
         return f"interrupted (stopped on a signal after {done} rounds; resumable)", False
-    if status != "running":
+    if status != "running" or verdict is None:
         return f"{status} (unknown status)", False
-    # 'running': the writer sets it first and replaces it on exit, so a killed job keeps it.
-    # A live writer cannot be detected for sure (SWMR writers hold no file lock); guess from
-    # how long ago the file was last written compared with the time rounds take.
-    age = time.time() - os.path.getmtime(path)
-    typical = float(np.nanmedian(rounds["wall_time_s"])) if done and "wall_time_s" in rounds \
-        else math.nan
-    if not math.isfinite(typical) and created is not None and done:
-        typical = (os.path.getmtime(path) - created) / done
-    limit = max(120.0, 10.0 * typical) if math.isfinite(typical) else 600.0
-    guess = "probably still running" if age <= limit else "probably killed"
-    return (f"incomplete (killed or still running): {done} of {planned or '?'} rounds; "
-            f"last written {age:.0f} s ago, {guess} (heuristic: still running if written "
-            f"within {limit:.0f} s)"), False
+    # 'running': the writer replaces it when it ends, so a killed job keeps it. On the
+    # writer's host its pid tells; elsewhere the heartbeat's age against the round time.
+    v = verdict
+    of = f"{done} of {planned or '?'} rounds"
+    age = f"{v.age_s:.0f} s ago" if v.age_s is not None else "at an unknown time"
+    who = f"pid {v.pid} on {v.host}" if v.pid is not None else "the writer"
+    repair = f"; 'fedkd-mpi repair {path}' makes it readable by any HDF5 reader"
+    if v.alive is True:
+        return (f"running: {of}; still running ({who} is alive, last {v.source} {age})"), False
+    if v.alive is False:
+        return (f"killed: {of} kept; the writer ({who}) is gone, last {v.source} {age}"
+                f"{repair}"), False
+    if v.likely_alive:
+        return (f"running: {of}; probably still running (last {v.source} {age}; no sign of "
+                f"life for more than {v.limit_s:.0f} s would mean killed)"), False
+    return (f"probably killed: {of} kept; no sign of life for {v.age_s:.0f} s (last "
+            f"{v.source}; rounds take at most {v.limit_s / 5:.0f} s, the limit is "
+            f"{v.limit_s:.0f} s){repair}"), False
 
 
 def _summary(path: Path, version: int, attrs: dict[str, Any], config: dict[str, Any],
              rounds: pd.DataFrame, clients: pd.DataFrame, n: int,
-             num_clients: int) -> RunSummary:
+             num_clients: int, verdict: WriterVerdict | None = None) -> RunSummary:
     try:
         planned = int(config_get(config, "train.rounds"))
     except (KeyError, TypeError, ValueError):
         planned = None
     status = str(attrs.get("status", "unknown"))
-    created = attrs.get("created_unix")
-    note, complete = _status_note(path, status, rounds, planned,
-                                  float(created) if created is not None else None,
+    note, complete = _status_note(path, status, rounds, planned, verdict,
                                   str(attrs["error"]) if attrs.get("error") else None)
     names = _metric_names(attrs, rounds)
     final: dict[str, float] = {}

@@ -8,19 +8,22 @@ Layout (``runtime.checkpoint_dir``, default ``<output>.ckpt``; every rank must s
     round_000006/client_0000012.pt  one per client (written by the rank hosting it): mentor,
                                W^h, both optimizers' state, Client.state
 
-Every file is written to a temporary name and renamed (``os.replace``), and the manifest
-names a complete round directory only after a barrier, so a kill at any moment leaves the
-previous checkpoint usable; a directory without a manifest pointing at it is ignored (and
-removed by the next checkpoint). Files hold tensors, numbers and containers only
+Every file is written to a temporary name, fsynced and renamed (``os.replace``), and the
+manifest names a complete round directory only after every rank has written its files, so a
+kill at any moment leaves the previous checkpoint usable; a directory without a manifest
+pointing at it is ignored (and removed by the next checkpoint, or when a checkpoint fails).
+The manifest records the SHA-256 and size of every file, and a resume loads exactly the bytes
+it verified. Files hold tensors, numbers and containers only
 (``torch.load(weights_only=True)``).
+
+A new run removes a checkpoint left in its directory (it belongs to the file the new run
+replaces); a completed run removes its own (it cannot be resumed any more).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +35,8 @@ from mpi4py import MPI
 from fedkd_mpi.comm.mpi import wait
 from fedkd_mpi.config import CHECKPOINT_MANIFEST as MANIFEST
 from fedkd_mpi.config import Config, ConfigError, checkpoint_dir
-from fedkd_mpi.runtime.residency import atomic_save, load_tree
+from fedkd_mpi.runtime.residency import atomic_save, load_tree, write_atomic
+from fedkd_mpi.runtime.stop import StopFlag  # noqa: F401 (the run's stop flag)
 
 FORMAT = 2  # 2: typed client state (ClientState: codec + algorithm state)
 #: exit status of a run that checkpointed on a signal and stopped (resume with --resume)
@@ -65,21 +69,80 @@ def _first_difference(a: Any, b: Any, path: str = "") -> str | None:
 
 def read_manifest(root: Path) -> dict[str, Any] | None:
     try:
-        return json.loads((root / MANIFEST).read_text())
+        man = json.loads((root / MANIFEST).read_text())
     except (OSError, ValueError):
         return None
+    return man if isinstance(man, dict) and isinstance(man.get("dir"), str) else None
+
+
+def file_digest(man: dict[str, Any] | None, name: str) -> str | None:
+    """The SHA-256 the manifest records for file ``name`` of its round (None: not recorded,
+    a checkpoint from before checksums)."""
+    entry = ((man or {}).get("files") or {}).get(name)
+    return entry[0] if isinstance(entry, list) and entry else None
+
+
+class NothingToResume(ConfigError):
+    """``--resume`` of a run that is already complete: one line, exit status 0."""
+
+
+def _run_file_facts(path: Path) -> tuple[str, int, dict[str, Any], str | None]:
+    """(status, rounds held, stored config, writer) of a run file; ConfigError when it is
+    not a readable fedkd_mpi run file."""
+    from fedkd_mpi.storage.h5 import open_live, run_state
+    from fedkd_mpi.storage.liveness import complete_rounds
+
+    try:
+        with open_live(path) as f:
+            state = run_state(f)
+            rows = complete_rounds(f)
+            text = f.attrs.get("config", "")
+            text = text.decode() if isinstance(text, bytes) else str(text)
+    except OSError as exc:
+        raise ConfigError(f"resume error: 'output' file {path} is not a readable run file "
+                          f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+                          ) from None
+    try:
+        stored = yaml.safe_load(text) or {}
+    except yaml.YAMLError:
+        stored = {}
+    return str(state["status"]), rows, stored if isinstance(stored, dict) else {}, \
+        state["writer"]  # type: ignore[return-value]
 
 
 def check_resumable(cfg: Config, world_size: int) -> dict[str, Any]:
-    """Rank 0, before any work: the manifest to resume from, or ConfigError (one line)."""
+    """Rank 0, before any work: the manifest to resume from, or ConfigError (one line);
+    :class:`NothingToResume` when the run file is complete. Reads, never writes."""
+    from fedkd_mpi.storage.liveness import writer_alive
+
     root = checkpoint_dir(cfg)
-    if not Path(cfg.output).is_file():
+    out = Path(cfg.output)
+    if not out.is_file():
         raise ConfigError(f"resume error: 'output' file {cfg.output} does not exist; run "
                           "without --resume to start a new run")
     man = read_manifest(root)
-    if man is None or not (root / man.get("dir", "?")).is_dir():
-        raise ConfigError(f"resume error: no complete checkpoint in {root} (no {MANIFEST}); "
-                          "set runtime.checkpoint_every or signal the run to write one")
+    no_checkpoint = ConfigError(f"resume error: no complete checkpoint in {root} (no "
+                                f"{MANIFEST}); set runtime.checkpoint_every or signal the run "
+                                "to write one")
+    try:
+        status, rows, stored, writer = _run_file_facts(out)
+    except ConfigError:
+        if man is None:
+            raise no_checkpoint from None
+        raise
+    if status == "completed":
+        if rows == cfg.train.rounds:
+            raise NothingToResume(f"fedkd-mpi: nothing to resume: {cfg.output} is complete "
+                                  f"({rows} of {rows} rounds)")
+        raise ConfigError(f"resume error: {cfg.output} is complete with {rows} rounds and "
+                          f"train.rounds is {cfg.train.rounds}; a finished run is not "
+                          "extended (start a new run: another output, or --overwrite)")
+    if status == "running" and writer_alive(writer):
+        host, pid, _ = str(writer).rsplit(":", 2)
+        raise ConfigError(f"resume error: {cfg.output} is still being written by a live run "
+                          f"(pid {pid} on {host}); stop it first (SIGTERM checkpoints it)")
+    if man is None or not (root / man["dir"]).is_dir():
+        raise no_checkpoint
     if man.get("format") != FORMAT:
         raise ConfigError(f"resume error: checkpoint format {man.get('format')} in {root}, "
                           f"expected {FORMAT}")
@@ -91,38 +154,42 @@ def check_resumable(cfg: Config, world_size: int) -> dict[str, Any]:
         raise ConfigError(f"resume error: the checkpoint in {root} was written by "
                           f"{man.get('world_size')} ranks; resume with mpiexec -n "
                           f"{man.get('world_size')} (got {world_size})")
-    if int(man["round"]) >= cfg.train.rounds:
+    done = int(man.get("round", -1))
+    if done >= cfg.train.rounds:
         raise ConfigError(f"resume error: the checkpoint in {root} is at round "
-                          f"{man['round']}, the run has only {cfg.train.rounds} rounds")
+                          f"{done}, the run has only {cfg.train.rounds} rounds")
+    stored = {k: v for k, v in stored.items() if k not in FREE_KEYS}
+    file_diff = _first_difference(stored, man.get("config", {})) if stored else None
+    if file_diff or rows < done:
+        why = (file_diff.replace(" now", " in the run file") if file_diff else
+               f"the file holds {rows} rounds, the checkpoint is at round {done}")
+        raise ConfigError(f"resume error: the checkpoint in {root} is not from the run in "
+                          f"{cfg.output} ({why}); start a new run or restore the matching "
+                          "file")
     return man
+
+
+def drop_checkpoint(cfg: Config) -> None:
+    """Remove the checkpoint in ``runtime.checkpoint_dir`` (manifest first, so that it is
+    never half-valid), and the directory when that leaves it empty. Rank 0."""
+    root = checkpoint_dir(cfg)
+    try:
+        (root / MANIFEST).unlink()
+    except FileNotFoundError:
+        pass
+    for old in root.glob("round_*"):
+        shutil.rmtree(old, ignore_errors=True)
+    for tmp in root.glob(f"{MANIFEST}.tmp*"):
+        tmp.unlink(missing_ok=True)
+    try:
+        root.rmdir()
+    except OSError:
+        pass
 
 
 # ---------------------------------------------------------------------------------------
 # signals
 # ---------------------------------------------------------------------------------------
-class StopFlag:
-    """SIGTERM / SIGUSR1 set a flag; the run checkpoints at the next round boundary."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
-    def __init__(self) -> None:
-        self.signum = 0
-        self._old: dict[int, Any] = {}
-
-    def install(self) -> StopFlag:
-        for s in self.SIGNALS:
-            self._old[s] = signal.signal(s, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: object) -> None:
-        self.signum = signum
-
-    def restore(self) -> None:
-        for s, h in self._old.items():
-            signal.signal(s, h)
-        self._old.clear()
-
-
 def agree(comm: MPI.Intracomm, flag: bool, poll_s: float) -> bool:
     """True on every rank when ``flag`` is true on any rank (one int64 allreduce)."""
     out = np.zeros(1, np.int64)
@@ -159,6 +226,23 @@ def set_rng_states(s: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------
 # writing and reading
 # ---------------------------------------------------------------------------------------
+def _gather_json(comm: MPI.Intracomm, obj: Any, poll_s: float) -> list[Any] | None:
+    """Gather one JSON value per rank to rank 0, through polled non-blocking collectives
+    (rank 0 keeps watching for fault notes while it waits)."""
+    data = np.frombuffer(json.dumps(obj).encode(), np.uint8)
+    size = np.array([data.size], np.int64)
+    root = comm.Get_rank() == 0
+    sizes = np.zeros(comm.Get_size(), np.int64) if root else None
+    wait(comm.Igather(size, sizes, root=0), poll_s)
+    if not root:
+        wait(comm.Igatherv(data, None, root=0), poll_s)
+        return None
+    recv = np.empty(int(sizes.sum()), np.uint8)
+    displs = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    wait(comm.Igatherv(data, [recv, (sizes, displs), MPI.BYTE], root=0), poll_s)
+    return [json.loads(b.tobytes()) for b in np.split(recv, np.cumsum(sizes)[:-1])]
+
+
 class Checkpointer:
     """Collective checkpoint writer/reader of one run (every rank constructs one)."""
 
@@ -169,34 +253,75 @@ class Checkpointer:
         self.last_round = -1
 
     def save(self, rounds_done: int, store: Any, server: dict[str, Any] | None) -> None:
-        """Collective: every rank writes its shard, then rank 0 writes the manifest."""
+        """Collective: rank 0 creates the round directory, every rank writes its files
+        (fsynced), their checksums go to rank 0, which writes the manifest last."""
         name = f"round_{rounds_done:06d}"
         d = self.root / name
-        d.mkdir(parents=True, exist_ok=True)
-        if server is not None:
-            atomic_save({**server, "rng": rng_states(), "round": rounds_done}, d / "server.pt")
-        if store is not None:
-            for cid in store.cids:
-                store.save_to(cid, client_file(d, cid))
-        atomic_save({"rng": rng_states(), "round": rounds_done}, d / f"rank_{self.rank:04d}.pt")
-        barrier(self.comm, self.poll_s)
+        what = "a checkpoint file"
         if self.rank == 0:
+            try:
+                d.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                from fedkd_mpi.storage.disk import storage_error
+
+                raise storage_error(exc, "the checkpoint directory", d) from exc
+        barrier(self.comm, self.poll_s)  # the directory exists before anyone writes into it
+        files: dict[str, list] = {}
+        rank_file = d / f"rank_{self.rank:04d}.pt"
+        if self.rank > 0:
+            try:  # a no-op, unless a shared file system's cache hides the new directory
+                d.mkdir(parents=True, exist_ok=True)
+            except OSError:
+                pass  # the first write names the problem
+            if store is not None:
+                for cid in store.cids:
+                    path = client_file(d, cid)
+                    files[path.name] = list(store.save_to(cid, path))
+            files[rank_file.name] = list(atomic_save(
+                {"rng": rng_states(), "round": rounds_done}, rank_file, what, True))
+        every = _gather_json(self.comm, files, self.poll_s)  # also: every client rank is done
+        if self.rank == 0:  # last, so that its failure never races a client still writing
+            assert every is not None
+            if server is not None:
+                payload = {**server, "rng": rng_states(), "round": rounds_done}
+                files["server.pt"] = list(atomic_save(payload, d / "server.pt", what, True))
+            files[rank_file.name] = list(atomic_save(
+                {"rng": rng_states(), "round": rounds_done}, rank_file, what, True))
+            merged = {k: v for part in [files, *every[1:]] for k, v in part.items()}
             man = {"format": FORMAT, "round": rounds_done, "dir": name,
                    "world_size": self.comm.Get_size(), "num_clients": self.cfg.data.num_clients,
                    "config": science(self.cfg),
-                   "config_yaml": yaml.safe_dump(science(self.cfg), sort_keys=False)}
-            tmp = self.root / f"{MANIFEST}.tmp"
-            tmp.write_text(json.dumps(man, indent=1))
-            os.replace(tmp, self.root / MANIFEST)
+                   "config_yaml": yaml.safe_dump(science(self.cfg), sort_keys=False),
+                   "files": merged}
+            write_atomic(json.dumps(man, indent=1).encode(), self.root / MANIFEST,
+                         "the checkpoint manifest", durable=True)
             for old in self.root.glob("round_*"):  # earlier (or orphaned) checkpoints
                 if old.name != name:
                     shutil.rmtree(old, ignore_errors=True)
         self.last_round = rounds_done
         barrier(self.comm, self.poll_s)
 
+    def discard_incomplete(self) -> None:
+        """Remove round directories the manifest does not name (a checkpoint that failed
+        half-way) and temporary files. Rank 0, after a failure."""
+        man = read_manifest(self.root)
+        keep = man["dir"] if man else None
+        for old in self.root.glob("round_*"):
+            if old.name != keep:
+                shutil.rmtree(old, ignore_errors=True)
+        for tmp in self.root.glob(f"{MANIFEST}.tmp*"):
+            tmp.unlink(missing_ok=True)
+        if man is None:
+            try:  # created by this failed checkpoint: leave what was there before
+                self.root.rmdir()
+            except OSError:
+                pass
+
     def load(self) -> tuple[int, Path, dict[str, Any] | None]:
         """(rounds done, round directory, server payload on rank 0) of the manifest's
-        checkpoint; restores this rank's RNG states when the world size is unchanged."""
+        checkpoint; restores this rank's RNG states when the world size is unchanged. Every
+        file is checked against the manifest's checksum (the bytes checked are the bytes
+        loaded)."""
         man = read_manifest(self.root)
         if man is None:
             raise RuntimeError(f"no checkpoint manifest in {self.root}")
@@ -204,7 +329,9 @@ class Checkpointer:
         if man.get("world_size") == self.comm.Get_size():
             rank_file = d / f"rank_{self.rank:04d}.pt"
             if rank_file.is_file():
-                set_rng_states(load_tree(rank_file)["rng"])
-        server = load_tree(d / "server.pt") if self.rank == 0 else None
+                set_rng_states(load_tree(rank_file, sha256=file_digest(man,
+                                                                       rank_file.name))["rng"])
+        server = (load_tree(d / "server.pt", sha256=file_digest(man, "server.pt"))
+                  if self.rank == 0 else None)
         self.last_round = int(man["round"])
         return int(man["round"]), d, server

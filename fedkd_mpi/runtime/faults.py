@@ -40,36 +40,74 @@ from fedkd_mpi.comm.mpi import RemoteFault, report_fault
 from fedkd_mpi.runtime.client import Client, NonFiniteError
 
 
+def one_line(exc: BaseException) -> str | None:
+    """The message of a failure that is fully explained in one line (a full disk, a read-only
+    or unwritable path, a checkpoint file that is not what was written): printed alone, no
+    traceback. None for anything else (a bug: the traceback is the useful part)."""
+    from fedkd_mpi.runtime.residency import CheckpointError
+    from fedkd_mpi.storage.disk import StorageError
+
+    if isinstance(exc, (StorageError, CheckpointError)):
+        return " ".join(str(exc).split())
+    return None
+
+
 def describe(exc: BaseException, limit: int = 500) -> str:
-    """One line: ``Type: first line of the message`` (RemoteFault: the remote rank's line)."""
+    """One line: ``Type: first line of the message`` (RemoteFault: the remote rank's line;
+    a one-line failure: its message)."""
     if isinstance(exc, RemoteFault):
         return str(exc)[:limit]
+    line = one_line(exc)
+    if line is not None:
+        return line[:limit]
     msg = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {msg[0] if msg else ''}"[:limit]
 
 
 def abort_job(comm: MPI.Intracomm, exc: BaseException) -> NoReturn:
-    """End the whole job after ``exc`` on this rank (never returns)."""
+    """End the whole job after ``exc`` on this rank (never returns).
+
+    A one-line failure (:func:`one_line`) on a client rank is printed by rank 0 alone (it
+    ends the job on the note); the client prints it itself only if rank 0 has not ended the
+    job within the grace period. Exactly one line from fedkd-mpi either way."""
     rank = comm.Get_rank()
+    line = one_line(exc)
+    grace = float(os.environ.get("FEDKD_MPI_ABORT_GRACE_S", "10"))
     if isinstance(exc, RemoteFault):
         text = (f"fedkd-mpi: rank {rank}: ending the job because rank {exc.rank} failed "
                 f"({exc.note}); completed rounds are kept, status = failed\n")
+    elif line is not None:
+        text = f"fedkd-mpi: rank {rank}: {line}; completed rounds are kept, status = failed\n"
+        if rank != 0:
+            report_fault(comm, line)
+            time.sleep(grace)  # rank 0 prints the line and ends the job meanwhile
+            _write(text)
+            time.sleep(1.0)
+            comm.Abort(1)
+            raise SystemExit(1)  # not reached
     else:
         text = (f"fedkd-mpi: rank {rank} failed:\n"
                 + "".join(traceback.format_exception(exc)))
-    # One write, then a pause: MPICH's stdio forwarding can drop output that is still in
-    # flight when MPI_Abort tears the job down.
-    sys.stderr.write(text)
-    sys.stderr.flush()
+    _write(text)
     if rank != 0 and not isinstance(exc, RemoteFault):
         report_fault(comm, describe(exc))
         # rank 0 normally ends the job within a poll interval + 1 s; if it cannot (it is not
         # in a wait), abort by ourselves after the grace period
-        time.sleep(float(os.environ.get("FEDKD_MPI_ABORT_GRACE_S", "10")))
+        time.sleep(grace)
     else:
         time.sleep(1.0)
     comm.Abort(1)
     raise SystemExit(1)  # not reached
+
+
+def _write(text: str) -> None:
+    """One write, then the caller pauses: MPICH's stdio forwarding can drop output that is
+    still in flight when MPI_Abort tears the job down."""
+    try:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    except (OSError, ValueError):  # stderr gone (closed terminal)
+        pass
 
 
 # ---------------------------------------------------------------------------------------

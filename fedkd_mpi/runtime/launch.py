@@ -1,22 +1,36 @@
 """Job start-up: validate once on rank 0, check every rank, then run or exit cleanly.
 
-Exit codes: 0 success, 2 bad input (one line, printed once by rank 0, before any work and
-before anything is written). Any other failure raises; the CLI turns it into ``MPI_Abort``.
-torch and the rest of the runtime are imported only once rank 0's checks passed, so a bad
-config or output path costs well under a second per rank.
+Exit codes: 0 success (or ``--resume`` of a complete run: one line, nothing done), 2 bad
+input or environment (one line, printed once by rank 0, before any work and before anything
+is written), 3 stopped by a signal (during start-up: before anything is written). Any other
+failure raises; the CLI turns it into ``MPI_Abort``. torch and the rest of the runtime are
+imported only once rank 0's checks passed, so a bad config or output path costs well under a
+second per rank.
+
+Every path the run will write is checked here, before any rank trains: the output file, the
+checkpoint directory, the TensorBoard directory (rank 0), the spill directory (every rank:
+it is node-local); and, once the models are built, the free space for the whole run file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
 from mpi4py import MPI
 
 from fedkd_mpi.comm.mpi import bcast_bytes, gather_text
-from fedkd_mpi.config import Config, ConfigError, config_from_yaml_text, load_config
+from fedkd_mpi.config import (
+    Config,
+    ConfigError,
+    checkpoint_dir,
+    config_from_yaml_text,
+    load_config,
+)
+from fedkd_mpi.runtime.stop import StopFlag
+from fedkd_mpi.storage.paths import check_written_paths, output_space_error, spill_dir_error
 
 
 def static_checks(cfg: Config, world_size: int, overwrite: bool) -> None:
@@ -32,59 +46,64 @@ def static_checks(cfg: Config, world_size: int, overwrite: bool) -> None:
             f"{cfg.data.num_clients}; use mpiexec -n <= {cfg.data.num_clients + 1} or raise "
             "data.num_clients"
         )
-    check_output(cfg.output, overwrite)
-
-
-def check_output(output: str, overwrite: bool) -> None:
-    out = Path(output)
-    if out.is_dir():
-        raise ConfigError(f"config error: 'output' ({output}) is a directory; give a file path")
-    if out.exists() and not overwrite:
-        raise ConfigError(
-            f"config error: 'output' file {output} already exists; pass --overwrite to "
-            "replace it or set output=<new path>"
-        )
-    parent = out.parent if str(out.parent) else Path(".")
-    probe = parent
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise ConfigError(f"config error: 'output' ({output}): {probe} is not a directory")
-    try:  # a real probe: permissions, read-only mounts, root squash, quota
-        with tempfile.NamedTemporaryFile(dir=probe, prefix=".fedkd_mpi-probe-"):
-            pass
-    except OSError as exc:
-        raise ConfigError(f"config error: 'output' directory {probe} is not writable "
-                          f"({exc.strerror or exc})") from None
+    check_written_paths(cfg, overwrite)
 
 
 def checkpoint_files_error(cfg: Config, rank: int, cids: list[int]) -> str:
     """``--resume``, every rank: '' when the checkpoint files this rank will read exist and are
-    intact (zip CRCs of the torch.save archives), else a one-line error."""
-    from fedkd_mpi.runtime.checkpoint import checkpoint_dir, client_file, read_manifest
+    what was written (the manifest's SHA-256; zip CRCs and client ids for checkpoints from
+    before checksums), else a one-line error."""
+    from fedkd_mpi.runtime.checkpoint import (
+        client_file,
+        file_digest,
+        read_manifest,
+    )
 
     root = checkpoint_dir(cfg)
     man = read_manifest(root)
     if man is None:
         return f"resume error: no complete checkpoint in {root}"
     d = root / str(man.get("dir", "?"))
-    files = [d / "server.pt"] if rank == 0 else [client_file(d, c) for c in cids]
+    files = [(d / "server.pt", None)] if rank == 0 else [(client_file(d, c), c) for c in cids]
     rank_file = d / f"rank_{rank:04d}.pt"
-    if rank_file.exists():
-        files.append(rank_file)
-    for f in files:
+    if rank_file.exists() or file_digest(man, rank_file.name):
+        files.append((rank_file, None))
+    for f, cid in files:
         if not f.is_file():
             return (f"resume error: checkpoint file {f} is missing; the checkpoint in {root} is "
                     "incomplete (start a new run, or restore the file)")
-        try:
-            with zipfile.ZipFile(f) as z:
-                bad = z.testzip()
-        except (OSError, zipfile.BadZipFile, EOFError, ValueError) as exc:
-            bad = str(exc) or type(exc).__name__
+        digest = file_digest(man, f.name)
+        if digest is not None:
+            try:
+                ok = hashlib.sha256(f.read_bytes()).hexdigest() == digest
+                bad = "" if ok else "its SHA-256 differs from the one in the manifest"
+            except OSError as exc:
+                bad = exc.strerror or str(exc)
+        else:
+            bad = _zip_error(f) or (_client_id_error(f, cid) if cid is not None else "")
         if bad:
             return (f"resume error: checkpoint file {f} is corrupt ({bad}); restore it or start "
                     "a new run")
     return ""
+
+
+def _zip_error(f: Path) -> str:
+    try:
+        with zipfile.ZipFile(f) as z:
+            return z.testzip() or ""
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError) as exc:
+        return str(exc) or type(exc).__name__
+
+
+def _client_id_error(f: Path, cid: int) -> str:
+    from fedkd_mpi.runtime.residency import load_tree
+
+    try:
+        saved = load_tree(f)
+        got = int(saved["cid"])
+    except Exception as exc:
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return "" if got == cid else f"it holds client {got}'s state, not client {cid}'s"
 
 
 def _verdict(comm: MPI.Intracomm, error: str) -> bool:
@@ -99,37 +118,61 @@ def _verdict(comm: MPI.Intracomm, error: str) -> bool:
 
 
 def launch(config_path: str | None, overrides: list[str], overwrite: bool,
-           comm: MPI.Intracomm | None = None, resume: bool = False) -> int:
+           comm: MPI.Intracomm | None = None, resume: bool = False,
+           stop: StopFlag | None = None) -> int:
     """Validate, set up and run one job on ``comm`` (default COMM_WORLD); ``resume``
-    continues the output file from its last checkpoint."""
+    continues the output file from its last checkpoint. ``stop``: the stop flag, installed
+    as early as the caller could (the CLI: before MPI is initialised)."""
     comm = comm or MPI.COMM_WORLD
+    stop = stop or StopFlag()
+    stop.announce = comm.Get_rank() == 0
+    stop.install()
+    try:
+        return _launch(config_path, overrides, overwrite, comm, resume, stop)
+    finally:
+        stop.restore()
+
+
+def _launch(config_path: str | None, overrides: list[str], overwrite: bool,
+            comm: MPI.Intracomm, resume: bool, stop: StopFlag) -> int:
     rank = comm.Get_rank()
     cfg: Config | None = None
-    error = ""
+    error = note = ""
     if rank == 0:
+        from fedkd_mpi.runtime.checkpoint import NothingToResume
+
         try:
             cfg = load_config(config_path, overrides)
             static_checks(cfg, comm.Get_size(), overwrite or resume)
-            from fedkd_mpi.runtime.preflight import preflight
-
-            preflight(cfg)
-            if resume:
+            if resume:  # before the (slower) preflight: a complete run needs nothing else
                 from fedkd_mpi.runtime.checkpoint import check_resumable
 
                 check_resumable(cfg, comm.Get_size())
+            from fedkd_mpi.runtime.preflight import preflight
+
+            preflight(cfg)
+        except NothingToResume as exc:
+            note = str(exc)
         except ConfigError as exc:
             error = str(exc)
-    payload = ("E" + error) if error else ("O" + (cfg.to_yaml() if cfg else ""))
+    payload = ("E" + error) if error else ("N" + note) if note else \
+        ("O" + (cfg.to_yaml() if cfg else ""))
     text = bcast_bytes(comm, payload.encode() if rank == 0 else None).decode()
     if text[0] == "E":
         if rank == 0:
             print(text[1:], file=sys.stderr, flush=True)
         return 2
+    if text[0] == "N":
+        if rank == 0:
+            print(text[1:], flush=True)
+        return 0
     cfg = config_from_yaml_text(text[1:])
     import torch
 
     from fedkd_mpi.comm.placement import Placement
     from fedkd_mpi.data import DataError, load_federated
+    from fedkd_mpi.metrics import metric_names
+    from fedkd_mpi.runtime.checkpoint import EXIT_INTERRUPTED, agree
     from fedkd_mpi.runtime.devices import node_info, select_device
     from fedkd_mpi.runtime.job import run, setup
     from fedkd_mpi.runtime.summary import run_attrs
@@ -140,6 +183,8 @@ def launch(config_path: str | None, overrides: list[str], overwrite: bool,
     placement = Placement(cfg.data.num_clients, comm.Get_size())
     cids = placement.clients_of(rank)
     fed = ctx = None
+    if not error and rank > 0:
+        error = spill_dir_error(cfg, len(cids), MPI.Get_processor_name())
     if not error:
         try:
             fed = load_federated(cfg.data, cfg.seed, cids)
@@ -153,8 +198,18 @@ def launch(config_path: str | None, overrides: list[str], overwrite: bool,
         ctx, error = setup(cfg, comm, device, fed, placement, node.node_ranks, resume)
     except ConfigError as exc:
         error = str(exc)
+    if not error and rank == 0:
+        names = metric_names(cfg.data.metric, fed.num_classes)
+        error = output_space_error(cfg, comm.Get_size(), len(ctx.alg.specs),
+                                   cfg.train.rounds, 2 * len(names))
     if not _verdict(comm, error):
         return 2
+    ctx.stop = stop  # the flag set by any signal since start-up
+    if agree(comm, stop.signum != 0, ctx.transport.poll_s):
+        if rank == 0:
+            print(f"fedkd-mpi: stopped by {stop.name or 'a signal on another rank'} during "
+                  "start-up, before the first round; nothing was written", flush=True)
+        return EXIT_INTERRUPTED
     devices = gather_text(comm, f"rank {rank} on {MPI.Get_processor_name()}: {device}")
     attrs = run_attrs(cfg, comm, devices or [], fed)
     if rank == 0:

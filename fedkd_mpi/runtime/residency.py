@@ -11,6 +11,9 @@ objects). ``None`` keeps every client in memory and touches no disk.
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import os
 import shutil
 import tempfile
@@ -21,7 +24,9 @@ from typing import Any
 
 import torch
 
+from fedkd_mpi.config import CHECKPOINT_MANIFEST
 from fedkd_mpi.runtime.client import Client
+from fedkd_mpi.storage.disk import storage_error
 
 
 def client_state(cl: Client) -> dict[str, Any]:
@@ -47,15 +52,98 @@ def load_client_state(cl: Client, saved: dict[str, Any]) -> None:
     cl.state.load_state_dict(saved["state"])
 
 
-def atomic_save(obj: object, path: Path) -> None:
-    """torch.save to a temporary file in the same directory, then os.replace."""
+class CheckpointError(RuntimeError):
+    """A checkpoint file that is not what was written (checksum, client id): one line."""
+
+
+def write_atomic(data: bytes | memoryview, path: Path, what: str, durable: bool = False) -> None:
+    """Write ``data`` to a temporary file in the same directory, then ``os.replace``; with
+    ``durable`` also fsync the file and the directory (checkpoints). On any failure the
+    temporary file is removed and a file-system problem becomes a one-line StorageError
+    naming ``path`` (``no space left on device for <what> <path> (...)``)."""
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        if durable:
+            _fsync_dir(path.parent)
+    except BaseException as exc:
+        err = storage_error(exc, what, path, len(data))  # free space before the cleanup
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        if err is exc:
+            raise
+        raise err from exc
 
 
-def load_tree(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
-    return torch.load(path, map_location=device, weights_only=True)
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_save(obj: object, path: Path, what: str = "a state file",
+                durable: bool = False) -> tuple[str, int]:
+    """torch.save into memory, then :func:`write_atomic`; returns (SHA-256 hex, bytes) of
+    exactly what was written (checkpoint manifests record it)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    data = buf.getbuffer()
+    write_atomic(data, path, what, durable)
+    return hashlib.sha256(data).hexdigest(), data.nbytes
+
+
+def copy_atomic(src: Path, dst: Path, what: str, durable: bool = False) -> tuple[str, int]:
+    """Copy a file through memory with :func:`write_atomic`; (SHA-256 hex, bytes) of it."""
+    data = src.read_bytes()
+    write_atomic(data, dst, what, durable)
+    return hashlib.sha256(data).hexdigest(), len(data)
+
+
+def read_verified(path: Path, sha256: str | None) -> bytes:
+    """The bytes of ``path``; CheckpointError unless they hash to ``sha256`` (when given)."""
+    data = path.read_bytes()
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise CheckpointError(f"checkpoint file {path} does not match the checksum its "
+                              "checkpoint's manifest recorded (changed or damaged after it "
+                              "was written); restore it or start a new run")
+    return data
+
+
+def manifest_digest(path: Path) -> str | None:
+    """The SHA-256 that the manifest of the checkpoint holding ``path`` records for it (None
+    for checkpoints written before checksums, or a file the manifest does not name)."""
+    try:
+        man = json.loads((path.parent.parent / CHECKPOINT_MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(man, dict) or man.get("dir") != path.parent.name:
+        return None
+    entry = (man.get("files") or {}).get(path.name)
+    return entry[0] if isinstance(entry, list) and entry else None
+
+
+def load_tree(path: Path, device: torch.device | str = "cpu",
+              sha256: str | None = None) -> dict[str, Any]:
+    """``torch.load(weights_only=True)`` of a file (verified against ``sha256`` when given:
+    the bytes checked are the bytes loaded)."""
+    if sha256 is None:
+        return torch.load(path, map_location=device, weights_only=True)
+    data = read_verified(path, sha256)
+    return torch.load(io.BytesIO(data), map_location=device, weights_only=True)
 
 
 class ClientStore:
@@ -94,7 +182,7 @@ class ClientStore:
         if self.capacity is not None:  # make room first: never capacity + 1 in memory
             while len(self.resident) >= self.capacity:
                 old, ocl = self.resident.popitem(last=False)
-                atomic_save(client_state(ocl), self._path(old))
+                atomic_save(client_state(ocl), self._path(old), "a spilled client state")
                 self.spilled.add(old)
                 self.spills += 1
                 del ocl
@@ -105,26 +193,33 @@ class ClientStore:
         self.resident[cid] = cl
         return cl
 
-    def save_to(self, cid: int, path: Path) -> None:
-        """Write client ``cid``'s state to ``path`` (checkpoint), wherever it lives now."""
+    def save_to(self, cid: int, path: Path) -> tuple[str, int]:
+        """Write client ``cid``'s state to ``path`` (checkpoint, fsynced), wherever it lives
+        now; (SHA-256 hex, bytes) of the file."""
+        what = "a checkpoint file"
         if cid in self.resident:
-            atomic_save(client_state(self.resident[cid]), path)
-        elif cid in self.spilled:
-            tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-            shutil.copyfile(self._path(cid), tmp)
-            os.replace(tmp, path)
-        else:  # never touched: its initial state
-            atomic_save(client_state(self.factory(cid)), path)
+            return atomic_save(client_state(self.resident[cid]), path, what, durable=True)
+        if cid in self.spilled:
+            return copy_atomic(self._path(cid), path, what, durable=True)
+        # never touched: its initial state
+        return atomic_save(client_state(self.factory(cid)), path, what, durable=True)
 
     def adopt(self, cid: int, path: Path) -> None:
-        """Take client ``cid``'s state from a checkpoint file (resume)."""
+        """Take client ``cid``'s state from a checkpoint file (resume): the bytes are checked
+        against the checkpoint manifest's checksum and the state must be client ``cid``'s."""
         self.resident.pop(cid, None)
+        data = read_verified(path, manifest_digest(path))
+        cl = self.factory(cid)
+        try:
+            saved = torch.load(io.BytesIO(data), map_location=self.device, weights_only=True)
+            load_client_state(cl, saved)
+        except ValueError as exc:
+            raise CheckpointError(f"checkpoint file {path}: {exc}; restore it or start a new "
+                                  "run") from None
         if self.dir is not None:
-            shutil.copyfile(path, self._path(cid))
+            write_atomic(data, self._path(cid), "a spilled client state")
             self.spilled.add(cid)
         else:
-            cl = self.factory(cid)
-            load_client_state(cl, load_tree(path, self.device))
             self.resident[cid] = cl
 
     def states(self) -> LazyStates:

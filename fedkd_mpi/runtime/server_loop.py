@@ -13,7 +13,7 @@ from tqdm import tqdm
 from fedkd_mpi.comm.wire import SKIP, Message, pack, pack_skip, unpack
 from fedkd_mpi.data import FederatedData
 from fedkd_mpi.metrics import metric_names
-from fedkd_mpi.runtime.checkpoint import EXIT_INTERRUPTED, checkpoint_dir
+from fedkd_mpi.runtime.checkpoint import EXIT_INTERRUPTED, checkpoint_dir, drop_checkpoint
 from fedkd_mpi.runtime.context import (
     RANKVAL,
     ROW,
@@ -31,23 +31,32 @@ from fedkd_mpi.storage.h5 import RunWriter
 
 
 def server_main(ctx: Context, fed: FederatedData, attrs: dict[str, object]) -> int:
-    """Rank 0's whole run: the writer, every round, the final status and the summary."""
+    """Rank 0's whole run: the writer, every round, the final status and the summary.
+
+    The status is written in place in the SWMR file (never by reopening it), so readers
+    holding the file cannot make the end fail. A new run removes a checkpoint left in its
+    checkpoint directory (it belonged to the file just replaced); a completed run removes its
+    own (there is nothing left to resume)."""
     observers = Observers(ctx.cfg)
     writer = writer_for(ctx, fed, attrs)
+    if ctx.start == 0:
+        drop_checkpoint(ctx.cfg)
     try:
         done, code = _loop(ctx, fed, writer, observers)
     except BaseException as exc:
-        writer.close("failed", {"error": describe(exc)})
+        writer.close("failed", describe(exc), strict=False)
+        ctx.ckpt.discard_incomplete()  # a checkpoint that failed half-way: no partial files
         raise
     finally:
         observers.close()
     if code:
         writer.close("interrupted")
-        print(f"fedkd-mpi: stopped by a signal after round {done}; checkpoint in "
-              f"{checkpoint_dir(ctx.cfg)}; continue with: fedkd-mpi run CONFIG ... --resume",
-              flush=True)
+        print(f"fedkd-mpi: stopped by {ctx.stop.name or 'a signal'} after round {done}; "
+              f"checkpoint in {checkpoint_dir(ctx.cfg)}; continue with: fedkd-mpi run CONFIG "
+              "... --resume", flush=True)
         return code
     writer.close("completed")
+    drop_checkpoint(ctx.cfg)
     print_summary(ctx.cfg)
     return 0
 
@@ -172,7 +181,9 @@ def _loop(ctx: Context, fed: FederatedData, writer: RunWriter,
                                                        "round_s")},
                       rv["rss_mb"], ex["rank_up"], ex["rank_down"],
                       rv["checksum"].astype(np.int64))
-        observers.round_done(rec, clients)
+        observers.round_done(rec, clients, {"rank_up": ex["rank_up"],
+                                            "rank_down": ex["rank_down"],
+                                            "names": [sp.name for sp in alg.specs]})
         line = (f"round {rnd + 1}/{rounds}  T={rec['energy_threshold']:.4f}  "
                 f"mentor={rec['mentor_metric']:.4f}  mentee={rec['mentee_metric']:.4f}  "
                 f"up={up.mean() / 1e6:.3f} MB/client  {rec['wall_time_s']:.1f}s")
@@ -184,5 +195,7 @@ def _loop(ctx: Context, fed: FederatedData, writer: RunWriter,
         if round_boundary(ctx, rnd, None):
             bar.close()
             return rnd + 1, EXIT_INTERRUPTED
+        if ctx.ckpt.last_round == rnd + 1:  # a checkpoint took time after the append
+            writer.heartbeat()
     bar.close()
     return rounds, 0

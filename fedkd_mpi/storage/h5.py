@@ -1,26 +1,113 @@
 """The rank-0 HDF5 writer (schema in docs/hdf5.md).
 
-Every group, dataset and attribute is created up front; then the file switches to SWMR mode
-and each round only appends along the first (unlimited) axis and flushes, so a reader can
-follow a live run and a killed run leaves every completed round readable. The final
-``status`` is written after closing the SWMR session, by reopening the file.
+Every group, dataset and attribute is created up front, in a temporary file next to the
+output; the file then switches to SWMR mode and only then takes the output's name (so an
+existing file given with ``--overwrite`` is replaced only by a complete, set-up run file, and
+a failure while creating it leaves nothing behind). Each round only appends along the first
+(unlimited) axis and flushes, so a reader can follow a live run and a killed run leaves every
+completed round readable.
+
+The writer never reopens the file: its status, error and heartbeat live in fixed-size
+datasets (``run/``, format 3) overwritten in place, which SWMR allows, so readers holding the
+file open (file locks included) cannot make the end of a run fail. Before each append the
+free space of the file system is checked against what the round can allocate (plus a reserve
+for closing the file), so a full disk ends the run with a one-line :class:`StorageError`
+and a file that says ``failed`` instead of a corrupt one (HDF5 does not survive a write that
+fails for lack of space).
 """
 
 from __future__ import annotations
 
+import math
+import os
+import socket
+import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+#: statuses a run ends with (``running`` is replaced by one of them when the writer ends)
+from fedkd_mpi.storage.disk import (
+    _reraise,
+    free_bytes,
+    no_space_error,
+)
 from fedkd_mpi.storage.schema import (
     CLIENT_FIELDS,
+    ERROR_BYTES,
     FORMAT_VERSION,
     ROUND_FIELDS,
+    RUN_ERROR,
+    RUN_GROUP,
+    RUN_HEARTBEAT,
+    RUN_STATUS,
+    STATUS_BYTES,
     TIMING_PHASES,
     dtype_of,
 )
+
+#: statuses a run ends with (``running`` is replaced by one of them when the writer ends)
+FINAL_STATUSES = ("completed", "failed", "interrupted")
+
+
+#: bytes kept free for closing the file (status, metadata flush) beyond a round's append
+CLOSE_RESERVE = 128 * 1024
+
+
+#: metadata an append may allocate beyond its data chunks (chunk indexes, object headers)
+META_SLACK = 64 * 1024
+
+
+def _proc_stat(pid: int) -> list[str]:
+    """Fields of /proc/<pid>/stat after the command name ([0] = state); [] where unknown."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
+def _start_ticks(pid: int) -> int:
+    try:
+        return int(_proc_stat(pid)[19])
+    except (ValueError, IndexError):
+        return 0
+
+
+def writer_id() -> str:
+    """``host:pid:start`` of this process (start: clock ticks after boot from /proc, 0 where
+    unknown), recorded in the root attr ``writer`` to tell a live writer from a dead one."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_start_ticks(os.getpid())}"
+
+
+def _fixed(text: str, nbytes: int) -> np.bytes_:
+    """UTF-8, cut on a character boundary to ``nbytes``."""
+    raw = text.encode("utf-8")[:nbytes]
+    return np.bytes_(raw.decode("utf-8", "ignore").encode("utf-8"))
+
+
+def _create_run_group(f: h5py.File, status: str = "running") -> None:
+    f.create_dataset(RUN_STATUS, data=_fixed(status, STATUS_BYTES), dtype=f"S{STATUS_BYTES}")
+    f.create_dataset(RUN_ERROR, data=_fixed("", ERROR_BYTES), dtype=f"S{ERROR_BYTES}")
+    f.create_dataset(RUN_HEARTBEAT, data=time.time(), dtype=np.float64)
+
+
+def estimate_file_bytes(num_clients: int, world_size: int, num_layers: int, rounds: int,
+                        extra_fields: int) -> int:
+    """Upper estimate of a run file's size (chunks are allocated whole)."""
+    n, w, nl = num_clients, world_size, max(num_layers, 1)
+
+    def chunked(chunk_rows: int, row_bytes: int) -> int:
+        return math.ceil(rounds / chunk_rows) * chunk_rows * row_bytes
+
+    total = 128 * 1024 + 2048 * rounds  # fixed metadata; chunk indexes per round
+    total += (len(ROUND_FIELDS) + extra_fields) * chunked(256, 8)
+    total += (len(CLIENT_FIELDS) + extra_fields) * chunked(16, 8 * n)
+    total += (len(TIMING_PHASES) + 2) * chunked(16, 8 * w)
+    total += chunked(4, 8 * n * nl) + chunked(16, 8 * nl)
+    return total
 
 
 class RunWriter:
@@ -34,46 +121,72 @@ class RunWriter:
         ``extra_fields``: more float64 ``rounds/<name>`` and ``clients/<name>`` datasets
         (secondary metrics such as ``mentor_f1``), appended like the fixed ones."""
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         n, w, nl = num_clients, world_size, len(layer_names)
-        f = h5py.File(self.path, "w", libver="latest")
-        for k, v in attrs.items():
-            try:
-                f.attrs[k] = _attr(v)
-            except TypeError as exc:
-                raise TypeError(f"attribute {k!r}: {exc}") from None
-        f.attrs["format_version"] = FORMAT_VERSION
-        f.attrs["status"] = "running"
-        for name in ROUND_FIELDS:
-            f.create_dataset(f"rounds/{name}", (0,), maxshape=(None,), dtype=dtype_of(name),
-                             chunks=(256,))
-        for name in CLIENT_FIELDS:
-            f.create_dataset(f"clients/{name}", (0, n), maxshape=(None, n), dtype=dtype_of(name),
-                             chunks=(16, n))
-        for name in TIMING_PHASES:
-            f.create_dataset(f"timing/{name}", (0, w), maxshape=(None, w), dtype=np.float64,
+        tmp = self.path.with_name(f".{self.path.name}.new-{os.getpid()}")
+        f = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            f = h5py.File(tmp, "w", libver="latest")
+            for k, v in attrs.items():
+                try:
+                    f.attrs[k] = _attr(v)
+                except TypeError as exc:
+                    raise TypeError(f"attribute {k!r}: {exc}") from None
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["status"] = "running"
+            f.attrs["writer"] = writer_id()
+            _create_run_group(f)
+            for name in ROUND_FIELDS:
+                f.create_dataset(f"rounds/{name}", (0,), maxshape=(None,),
+                                 dtype=dtype_of(name), chunks=(256,))
+            for name in CLIENT_FIELDS:
+                f.create_dataset(f"clients/{name}", (0, n), maxshape=(None, n),
+                                 dtype=dtype_of(name), chunks=(16, n))
+            for name in TIMING_PHASES:
+                f.create_dataset(f"timing/{name}", (0, w), maxshape=(None, w),
+                                 dtype=np.float64, chunks=(16, w))
+            f.create_dataset("memory/rss_mb", (0, w), maxshape=(None, w), dtype=np.float64,
                              chunks=(16, w))
-        f.create_dataset("memory/rss_mb", (0, w), maxshape=(None, w), dtype=np.float64,
-                         chunks=(16, w))
-        f.create_dataset("replicas/checksum", (0, w), maxshape=(None, w), dtype=np.int64,
-                         chunks=(16, w))
-        f.create_dataset("layers/names", data=np.array(layer_names, dtype=object),
-                         dtype=h5py.string_dtype())
-        f.create_dataset("layers/shape", data=np.asarray(layer_shapes, np.int64).reshape(nl, 2))
-        f.create_dataset("layers/rank_up", (0, n, nl), maxshape=(None, n, None), dtype=np.int64,
-                         chunks=(4, n, max(nl, 1)))
-        f.create_dataset("layers/rank_down", (0, nl), maxshape=(None, None), dtype=np.int64,
-                         chunks=(16, max(nl, 1)))
-        for name in extra_fields:
-            f.create_dataset(f"rounds/{name}", (0,), maxshape=(None,), dtype=np.float64,
-                             chunks=(256,))
-            f.create_dataset(f"clients/{name}", (0, n), maxshape=(None, n), dtype=np.float64,
-                             chunks=(16, n))
-        for name, value in (static or {}).items():
-            f.create_dataset(name, data=np.asarray(value))
-        f.swmr_mode = True
+            f.create_dataset("replicas/checksum", (0, w), maxshape=(None, w), dtype=np.int64,
+                             chunks=(16, w))
+            f.create_dataset("layers/names", data=np.array(layer_names, dtype=object),
+                             dtype=h5py.string_dtype())
+            f.create_dataset("layers/shape",
+                             data=np.asarray(layer_shapes, np.int64).reshape(nl, 2))
+            f.create_dataset("layers/rank_up", (0, n, nl), maxshape=(None, n, None),
+                             dtype=np.int64, chunks=(4, n, max(nl, 1)))
+            f.create_dataset("layers/rank_down", (0, nl), maxshape=(None, None),
+                             dtype=np.int64, chunks=(16, max(nl, 1)))
+            for name in extra_fields:
+                f.create_dataset(f"rounds/{name}", (0,), maxshape=(None,), dtype=np.float64,
+                                 chunks=(256,))
+                f.create_dataset(f"clients/{name}", (0, n), maxshape=(None, n),
+                                 dtype=np.float64, chunks=(16, n))
+            for name, value in (static or {}).items():
+                f.create_dataset(name, data=np.asarray(value))
+            f.swmr_mode = True
+            os.replace(tmp, self.path)  # an old file (--overwrite) goes only now
+        except BaseException as exc:
+            _discard(f, tmp)
+            _reraise(exc, "the run file", self.path)
         self.f: h5py.File | None = f
         self.rows = 0
+        self._cache()
+
+    def _cache(self) -> None:
+        """Open dataset handles, kept for the whole run: a handle released after each write
+        would flush (and report errors) in h5py's deallocator, where nothing can catch them."""
+        ds: dict[str, h5py.Dataset] = {}
+
+        def visit(name: str, obj: object) -> None:
+            if isinstance(obj, h5py.Dataset):
+                ds[name] = obj
+
+        assert self.f is not None
+        self.f.visititems(visit)
+        self._ds = ds
+        self._per_round = [d for d in ds.values() if d.maxshape and d.maxshape[0] is None]
+        self.broken = False
 
     @classmethod
     def resume(cls, path: str | Path, rows: int,
@@ -81,40 +194,37 @@ class RunWriter:
         """Continue an existing run file after its first ``rows`` rounds (checkpoint resume).
 
         The file (possibly left by a killed SWMR writer, which HDF5 refuses to reopen for
-        writing) is copied into a fresh file with every per-round dataset (unlimited first
-        axis) truncated to ``rows``; ``attrs`` are set, status becomes ``running``, the copy
-        atomically replaces the original and the writer continues in SWMR mode.
-        """
+        writing) is copied into a fresh file next to it with every per-round dataset (unlimited
+        first axis) truncated to ``rows``; ``attrs`` are set, status becomes ``running``, the
+        copy switches to SWMR mode and only then atomically replaces the original (which stays
+        as it was if anything fails before)."""
         path = Path(path)
-        tmp = path.with_name(path.name + ".resume-tmp")
-        with open_live(path) as src, h5py.File(tmp, "w", libver="latest") as dst:
-            for k in src.attrs:
-                dst.attrs.create(k, src.attrs[k], dtype=src.attrs.get_id(k).dtype)
-            for k in src:
-                src.copy(src[k], dst, name=k)
-            short: list[str] = []
-
-            def _truncate(name: str, obj: object) -> None:
-                if isinstance(obj, h5py.Dataset) and obj.maxshape and obj.maxshape[0] is None:
-                    if obj.shape[0] < rows:
-                        short.append(name)
-                    obj.resize(rows, axis=0)
-
-            dst.visititems(_truncate)
-            if short:
-                raise ValueError(f"{path}: datasets {short} have fewer than {rows} rounds")
+        tmp = path.with_name(f".{path.name}.resume-{os.getpid()}")
+        dst = None
+        try:
+            dst = h5py.File(tmp, "w", libver="latest")
+            with open_live(path) as src:
+                _copy_file(src, dst, rows)
             for k, v in (attrs or {}).items():
                 dst.attrs[k] = _attr(v)
             dst.attrs["status"] = "running"
+            dst.attrs["format_version"] = FORMAT_VERSION  # a format-2 file gains run/
+            dst.attrs["writer"] = writer_id()
             if "error" in dst.attrs:  # the failure that ended the previous attempt
                 del dst.attrs["error"]
-        tmp.replace(path)
+            if RUN_GROUP in dst:
+                del dst[RUN_GROUP]
+            _create_run_group(dst)
+            dst.swmr_mode = True
+            os.replace(tmp, path)
+        except BaseException as exc:
+            _discard(dst, tmp)
+            _reraise(exc, "the run file", path)
         self = cls.__new__(cls)
         self.path = path
-        f = h5py.File(path, "r+", libver="latest")
-        f.swmr_mode = True
-        self.f = f
+        self.f = dst
         self.rows = rows
+        self._cache()
         return self
 
     def records(self) -> list[dict[str, float]]:
@@ -123,40 +233,153 @@ class RunWriter:
         cols = {k: self.f[f"rounds/{k}"][: self.rows] for k in self.f["rounds"]}
         return [{k: v[i].item() for k, v in cols.items()} for i in range(self.rows)]
 
+    def append_bytes(self) -> int:
+        """What the next append may allocate: a new chunk of every per-round dataset whose
+        chunks are full, plus metadata."""
+        need = META_SLACK
+        for d in self._per_round:
+            if d.chunks and self.rows % d.chunks[0] == 0:
+                need += int(np.prod(d.chunks)) * d.dtype.itemsize
+        return need
+
+    def check_space(self) -> None:
+        """StorageError (one line) unless the file system holds the next append and the
+        reserve for closing the file."""
+        need = self.append_bytes() + CLOSE_RESERVE
+        free = free_bytes(self.path)
+        if free is not None and free < need:
+            raise no_space_error("the run file", self.path, need)
+
     def append(self, rounds: Mapping[str, float], clients: Mapping[str, np.ndarray],
                timing: Mapping[str, np.ndarray], rss_mb: np.ndarray, rank_up: np.ndarray,
                rank_down: np.ndarray, checksum: np.ndarray) -> None:
-        """Append one completed round and flush."""
+        """Append one completed round and flush (after checking the free space)."""
         f = self.f
         assert f is not None, "writer closed"
+        self.check_space()
+        ds = self._ds
         i = self.rows
-        for name in ROUND_FIELDS:
-            _put(f[f"rounds/{name}"], i, rounds[name])
-        for name in CLIENT_FIELDS:
-            _put(f[f"clients/{name}"], i, clients[name])
-        for group, values, fixed in (("rounds", rounds, ROUND_FIELDS),
-                                     ("clients", clients, CLIENT_FIELDS)):
-            for name in values:  # extra_fields (secondary metrics)
-                if name not in fixed and f"{group}/{name}" in f:
-                    _put(f[f"{group}/{name}"], i, values[name])
-        for name in TIMING_PHASES:
-            _put(f[f"timing/{name}"], i, timing[name])
-        _put(f["memory/rss_mb"], i, rss_mb)
-        _put(f["layers/rank_up"], i, rank_up)
-        _put(f["layers/rank_down"], i, rank_down)
-        _put(f["replicas/checksum"], i, checksum)
+        try:
+            for name in ROUND_FIELDS:
+                _put(ds[f"rounds/{name}"], i, rounds[name])
+            for name in CLIENT_FIELDS:
+                _put(ds[f"clients/{name}"], i, clients[name])
+            for group, values, fixed in (("rounds", rounds, ROUND_FIELDS),
+                                         ("clients", clients, CLIENT_FIELDS)):
+                for name in values:  # extra_fields (secondary metrics)
+                    if name not in fixed and f"{group}/{name}" in ds:
+                        _put(ds[f"{group}/{name}"], i, values[name])
+            for name in TIMING_PHASES:
+                _put(ds[f"timing/{name}"], i, timing[name])
+            _put(ds["memory/rss_mb"], i, rss_mb)
+            _put(ds["layers/rank_up"], i, rank_up)
+            _put(ds["layers/rank_down"], i, rank_down)
+            _put(ds["replicas/checksum"], i, checksum)
+            ds[RUN_HEARTBEAT][()] = time.time()
+            f.flush()
+        except Exception as exc:
+            self.broken = True
+            _reraise(exc, "the run file", self.path)
         self.rows += 1
-        f.flush()
 
-    def close(self, status: str, extra: Mapping[str, object] | None = None) -> None:
-        """Close the SWMR session and record the final status (and any extra attributes)."""
-        if self.f is not None:
-            self.f.close()
-            self.f = None
-        with h5py.File(self.path, "r+") as f:
-            f.attrs["status"] = status
-            for k, v in (extra or {}).items():
-                f.attrs[k] = v
+    def heartbeat(self) -> None:
+        """Record that the writer is alive (after work between appends, e.g. a checkpoint);
+        best effort: an overwrite in place, nothing allocated."""
+        if self.f is None or self.broken:
+            return
+        try:
+            self._ds[RUN_HEARTBEAT][()] = time.time()
+            self.f.flush()
+        except Exception:
+            self.broken = True
+
+    def close(self, status: str, error: str | None = None, strict: bool = True) -> None:
+        """Record the final status (and the one-line error of a failed run) and close.
+
+        Everything is written in place while the file is still in SWMR mode (the ``run/``
+        datasets, then the root attrs ``status`` / ``error`` for readers of format 1-2). With
+        ``strict`` a failure to write or close raises a :class:`StorageError`; without, it is
+        swallowed (the caller is already reporting another failure)."""
+        f = self.f
+        if f is None:
+            return
+        self.f = None
+        hook = sys.unraisablehook
+        sys.unraisablehook = _quiet  # h5py reports failed flushes of released ids there
+        failure: BaseException | None = None
+        try:
+            try:
+                self._ds[RUN_STATUS][()] = _fixed(status, STATUS_BYTES)
+                self._ds[RUN_ERROR][()] = _fixed(error or "", ERROR_BYTES)
+                self._ds[RUN_HEARTBEAT][()] = time.time()
+                f.flush()
+            except Exception as exc:
+                failure = exc
+            if failure is None:
+                try:  # the attrs for format 1-2 readers: best effort (run/ is the record)
+                    f.attrs.modify("status", status)  # in place: same type and shape
+                    if error:
+                        f.attrs["error"] = error
+                    f.flush()
+                except Exception:
+                    pass
+            self._ds, self._per_round = {}, []
+            try:
+                f.close()
+            except Exception as exc:
+                failure = failure or exc
+        finally:
+            sys.unraisablehook = hook
+        if failure is not None and strict:
+            _reraise(failure, "the run file", self.path)
+
+
+def _quiet(_unraisable: object) -> None:
+    pass
+
+
+def _discard(f: h5py.File | None, tmp: Path) -> None:
+    """Close (quietly) and delete a half-written temporary file."""
+    hook = sys.unraisablehook
+    sys.unraisablehook = _quiet
+    try:
+        if f is not None:
+            try:
+                f.close()
+            except Exception:
+                pass
+    finally:
+        sys.unraisablehook = hook
+    try:
+        tmp.unlink()
+    except OSError:
+        pass
+
+
+def _copy_file(src: h5py.File, dst: h5py.File, rows: int | None) -> int:
+    """Copy every attribute and object of ``src`` into ``dst``; per-round datasets (unlimited
+    first axis) cut to ``rows`` (None: the rows all of them hold). Returns the rows kept;
+    ValueError when a per-round dataset holds fewer than ``rows``."""
+    for k in src.attrs:
+        dst.attrs.create(k, src.attrs[k], dtype=src.attrs.get_id(k).dtype)
+    for k in src:
+        src.copy(src[k], dst, name=k)
+    per_round: list[h5py.Dataset] = []
+
+    def visit(name: str, obj: object) -> None:
+        if isinstance(obj, h5py.Dataset) and obj.maxshape and obj.maxshape[0] is None:
+            per_round.append(obj)
+
+    dst.visititems(visit)
+    held = min((d.shape[0] for d in per_round), default=0)
+    if rows is None:
+        rows = held
+    short = [d.name for d in per_round if d.shape[0] < rows]
+    if short:
+        raise ValueError(f"{src.filename}: datasets {short} have fewer than {rows} rounds")
+    for d in per_round:
+        d.resize(rows, axis=0)
+    return rows
 
 
 def _attr(value: object) -> object:
@@ -182,3 +405,43 @@ def open_live(path: str | Path) -> h5py.File:
         return h5py.File(path, "r", libver="latest", swmr=True)
     except OSError:
         return h5py.File(path, "r")
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, np.ndarray) and value.shape == ():
+        return _text(value[()])
+    return "" if value is None else str(value)
+
+
+def run_state(f: h5py.File) -> dict[str, object]:
+    """status, error, heartbeat (unix time or None) and writer of an open run file: from the
+    ``run/`` datasets when present (format 3, refreshed for a live SWMR reader), else from the
+    root attributes."""
+    def read(name: str) -> object:
+        d = f.get(name)
+        if not isinstance(d, h5py.Dataset):
+            return None
+        try:
+            d.refresh()
+        except Exception:  # not opened for SWMR reading
+            pass
+        return d[()]
+
+    status, error, beat = read(RUN_STATUS), read(RUN_ERROR), read(RUN_HEARTBEAT)
+    attr_status = _text(f.attrs.get("status", "unknown"))
+    attr_error = _text(f.attrs.get("error", ""))
+    # the writer sets run/ first and the attrs right after, to the same values: a final
+    # status in the attr that run/ lacks was set later (by a tool) and wins; 'running' in
+    # the attr next to a final run/status means the writer stopped in between
+    if status is None or (attr_status in FINAL_STATUSES and attr_status != _text(status)):
+        status, error = attr_status, attr_error
+    else:
+        status, error = _text(status), _text(error) if error is not None else attr_error
+    return {
+        "status": status,
+        "error": error,
+        "heartbeat": float(beat) if beat is not None else None,
+        "writer": _text(f.attrs.get("writer", "")) or None,
+    }

@@ -6,13 +6,17 @@ per round), ``clients/`` ([round, client]), ``timing/``, ``memory/``, ``replicas
 ([round, rank]), ``layers/rank_up`` ([round, client, layer]) and ``layers/rank_down``. Fixed:
 ``layers/names``, ``layers/shape``, ``partition/*``. Root attributes: the resolved config,
 provenance (dataset, class_names, versions, devices) and ``status``.
+
+Format 3 adds ``run/``: fixed-size scalar datasets created before the file enters SWMR mode and
+overwritten in place (``status``, ``error``, ``heartbeat_unix``), so the writer records its
+final status and its heartbeat without ever reopening the file, whatever readers hold it open.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 ROUND_FIELDS = ("round", "energy_threshold", "bytes_up", "bytes_down", "mentor_metric",
                 "mentee_metric", "wall_time_s", "codec_time_s", "comm_time_s",
@@ -25,6 +29,14 @@ TIMING_PHASES = ("train_s", "encode_s", "comm_s", "aggregate_s", "decode_s", "ev
 #: groups of [round, rank] datasets
 RANK_GROUPS = ("timing", "memory", "replicas")
 STATUSES = ("running", "completed", "interrupted", "failed")
+
+#: format 3: the run's state, overwritten in place (SWMR-safe); preferred over the root attrs
+RUN_GROUP = "run"
+RUN_STATUS = "run/status"  # fixed-length ASCII, STATUS_BYTES
+RUN_ERROR = "run/error"  # fixed-length UTF-8, ERROR_BYTES ('' unless failed)
+RUN_HEARTBEAT = "run/heartbeat_unix"  # float64: the writer's last sign of life (unix time)
+STATUS_BYTES = 16
+ERROR_BYTES = 1024
 
 _INT_FIELDS = {"round", "bytes_up", "bytes_down", "num_samples", "participated"}
 _INT8_FIELDS = {"skipped"}  # 1 = the client's update was dropped (runtime.nonfinite=skip)

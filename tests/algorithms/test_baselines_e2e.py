@@ -82,8 +82,8 @@ def test_algorithm_runs_under_mpiexec_with_exact_bytes(tiny_run, name):
 
 def test_error_feedback_state_survives_kill_and_resume(tmp_path):
     """PowerSGD keeps residuals and warm-start Q per client (Client.state, spilled with
-    runtime.resident_clients=1) and on the server (the algorithm's server state): a run killed after its
-    round-2 checkpoint and resumed is identical to an uninterrupted one."""
+    runtime.resident_clients=1) and on the server (the algorithm's server state): a run killed
+    after its round-2 checkpoint and resumed is identical to an uninterrupted one."""
     from ..conftest import TINY, run_job
     from ..runtime.test_resume import COMMON, assert_same_science
 

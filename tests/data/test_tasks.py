@@ -97,8 +97,8 @@ def test_global_protocol_same_held_out_set_for_any_number_of_clients():
 def test_task_and_model_must_fit():
     from fedkd_mpi.runtime.preflight import preflight  # what validate runs
 
-    with pytest.raises(ConfigError, match="family 'tiny' takes tokens inputs; data.name "
-                       "'fashion_mnist' gives images"):
+    with pytest.raises(ConfigError, match=r"family 'tiny' takes tokens inputs; data\.name "
+                       r"'fashion_mnist' gives images"):
         preflight(load_config(None, ["data.name=fashion_mnist"]))
     with pytest.raises(ConfigError, match="needs a binary task"):
         preflight(load_config(None, ["data.name=bbc_news", "data.metric=f1"]))

@@ -31,7 +31,7 @@ def test_fedkd_job_writes_complete_hdf5_with_exact_bytes(tiny_run):
     assert "reduction vs FedAvg on the mentor" in res.stdout
     with h5py.File(out, "r") as f:
         a = f.attrs
-        assert a["status"] == "completed" and a["format_version"] == 2
+        assert a["status"] == "completed" and a["format_version"] == 3
         assert list(f["partition/num_train"][:]) == list(f["clients/num_samples"][0])
         assert f["partition/label_hist"].shape == (3, 2)
         assert (f["clients/participated"][:] == 1).all()

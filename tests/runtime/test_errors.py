@@ -245,12 +245,13 @@ def test_overwrite_with_a_later_error_keeps_the_old_file(tmp_path):
 # -- --resume rows -----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def checkpointed(tmp_path_factory) -> Path:
-    """A finished 2-round run that checkpointed after round 1 (``<output>.ckpt``)."""
+    """A 2-round run stopped by a signal after round 1, checkpointed (``<output>.ckpt``);
+    a completed run removes its checkpoint."""
     d = tmp_path_factory.mktemp("ckpt")
     out = d / "run.h5"
     res = run_job(N, "run", str(TINY), f"output={out}", "train.rounds=2",
-                  "runtime.checkpoint_every=1", timeout=180)
-    assert res.returncode == 0, res.stderr
+                  env={"FEDKD_MPI_SIGNAL": "1:1"}, timeout=180)
+    assert res.returncode == 3, res.stderr
     assert (d / "run.h5.ckpt" / "manifest.json").is_file()
     return out
 

@@ -19,9 +19,9 @@ from ..conftest import ROOT, TINY, run_job
 COMMON = ("data.num_clients=4", "train.rounds=4", "train.sample_fraction=0.75",
           "runtime.resident_clients=1")
 #: wall-clock datasets (the only ones allowed to differ)
-TIMING = ("timing/", "memory/", "rounds/wall_time_s", "rounds/codec_time_s",
-          "rounds/comm_time_s", "rounds/server_time_s", "rounds/train_time_s",
-          "clients/train_time_s", "clients/encode_time_s")
+TIMING = ("timing/", "memory/", "run/heartbeat_unix", "rounds/wall_time_s",
+          "rounds/codec_time_s", "rounds/comm_time_s", "rounds/server_time_s",
+          "rounds/train_time_s", "clients/train_time_s", "clients/encode_time_s")
 
 
 def _ok(res, code=0):

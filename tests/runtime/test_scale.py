@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -176,7 +177,9 @@ def test_resume_checks_are_one_line(tmp_path):
     cfg = Config(output=str(out))
     with pytest.raises(ConfigError, match="does not exist"):
         checkpoint.check_resumable(cfg, 3)
-    out.write_bytes(b"")
+    with h5py.File(out, "w") as f:  # a run file stopped after round 2 (resume reads it)
+        f.attrs["config"], f.attrs["status"] = cfg.to_yaml(), "interrupted"
+        f.create_dataset("rounds/round", data=[1, 2], maxshape=(None,))
     with pytest.raises(ConfigError, match="no complete checkpoint"):
         checkpoint.check_resumable(cfg, 3)
     root = checkpoint.checkpoint_dir(cfg)
