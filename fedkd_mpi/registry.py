@@ -37,6 +37,7 @@ class Registry:
         self.group = f"fedkd_mpi.{axis}"
         self.classes: dict[str, type] = {}
         self._scanned = False
+        self._eps: list | None = None
 
     def add(self, cls: type) -> None:
         """Register ``cls`` under ``cls.name`` (the first registration of a name wins)."""
@@ -55,8 +56,13 @@ class Registry:
         self._scan()
         return sorted(n for n, c in self.classes.items() if c.__module__.startswith("fedkd_mpi."))
 
+    def _entry_points(self) -> list:
+        if self._eps is None:  # installed distributions do not change during a run
+            self._eps = list(entry_points(group=self.group))
+        return self._eps
+
     def entry_point_names(self) -> list[str]:
-        return sorted({ep.name for ep in entry_points(group=self.group)})
+        return sorted({ep.name for ep in self._entry_points()})
 
     def names(self) -> list[str]:
         return sorted({*self.builtin_names(), *self.entry_point_names()})
@@ -86,7 +92,7 @@ class Registry:
         return obj
 
     def _entry_point(self, name: str, field: str) -> object:
-        for ep in entry_points(group=self.group):
+        for ep in self._entry_points():
             if ep.name == name:
                 try:
                     return ep.load()

@@ -206,13 +206,14 @@ class Transport:
         return out
 
 
-def bcast_bytes(comm: MPI.Intracomm, data: bytes | None) -> bytes:
-    """Broadcast a byte string from rank 0 (control plane, e.g. the resolved config)."""
+def bcast_bytes(comm: MPI.Intracomm, data: bytes | None, poll_s: float = 0.005) -> bytes:
+    """Broadcast a byte string from rank 0 (control plane, e.g. the resolved config); the
+    waiting ranks sleep-poll, leaving the cores to rank 0's checks."""
     size = np.array([len(data) if data is not None else 0], dtype=np.int64)
-    comm.Bcast(size, root=0)
+    wait(comm.Ibcast(size, root=0), poll_s)
     buf = (np.frombuffer(data, dtype=np.uint8).copy() if comm.Get_rank() == 0
            else np.empty(int(size[0]), dtype=np.uint8))
-    comm.Bcast(buf, root=0)
+    wait(comm.Ibcast(buf, root=0), poll_s)
     return buf.tobytes()
 
 

@@ -155,6 +155,8 @@ def _launch(config_path: str | None, overrides: list[str], overwrite: bool,
             note = str(exc)
         except ConfigError as exc:
             error = str(exc)
+    else:  # meanwhile the other ranks import what every run needs (torch: seconds)
+        import fedkd_mpi.runtime.job  # noqa: F401
     payload = ("E" + error) if error else ("N" + note) if note else \
         ("O" + (cfg.to_yaml() if cfg else ""))
     text = bcast_bytes(comm, payload.encode() if rank == 0 else None).decode()
