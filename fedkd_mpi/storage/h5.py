@@ -227,12 +227,6 @@ class RunWriter:
         self._cache()
         return self
 
-    def records(self) -> list[dict[str, float]]:
-        """The ``rounds/`` rows written so far, one dict per round (e.g. after resume)."""
-        assert self.f is not None, "writer closed"
-        cols = {k: self.f[f"rounds/{k}"][: self.rows] for k in self.f["rounds"]}
-        return [{k: v[i].item() for k, v in cols.items()} for i in range(self.rows)]
-
     def append_bytes(self) -> int:
         """What the next append may allocate: a new chunk of every per-round dataset whose
         chunks are full, plus metadata."""
