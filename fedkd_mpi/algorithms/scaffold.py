@@ -75,7 +75,7 @@ class Scaffold(FedAvg):
 
     def server_aggregate(self, payloads, aggregator, num_samples, rnd):
         n = len(self.specs)
-        decoded = Decoded(self._codec, payloads)
+        decoded = list(Decoded(self._codec, payloads))  # read twice below: decode once
         mean_dy = aggregator.aggregate(decoded, num_samples)[:n]
         mean_dc = weighted_mean(decoded, np.ones(len(payloads)))[n:]
         share = len(payloads) / self.cfg.data.num_clients

@@ -61,6 +61,8 @@ class Codec(Registered, ABC):
     registry = Registry("codecs", "fedkd_mpi.codecs")
     State: ClassVar[type[CodecState]] = CodecState
     wire_dtype: ClassVar[np.dtype] = np.dtype(np.float32)
+    #: the built-in config section holding this codec's settings (None: ``plugins.<name>``)
+    section: ClassVar[str | None] = None
 
     def __init__(self, settings: Any, specs: Sequence[TensorSpec], seed: int, rounds: int) -> None:
         self.settings = settings
@@ -70,9 +72,9 @@ class Codec(Registered, ABC):
 
     @classmethod
     def settings_from(cls, cfg: Config) -> Any:
-        """This codec's settings in ``cfg`` (plug-ins: ``plugins.<name>`` checked against
-        ``Settings``); built-ins return their own config section."""
-        return plugin_settings(cls, cfg)
+        """This codec's settings in ``cfg``: its :attr:`section`, else ``plugins.<name>``
+        checked against ``Settings`` (None when it declares none)."""
+        return getattr(cfg, cls.section) if cls.section else plugin_settings(cls, cfg)
 
     def new_state(self, client_id: int | None) -> CodecState:
         """The initial state of client ``client_id`` (None: the server's)."""

@@ -18,10 +18,6 @@ class DenseCodec(Codec):
 
     name = "dense"
 
-    @classmethod
-    def settings_from(cls, cfg):
-        return None
-
     def encode(self, tensors, rnd, state):
         chunks = [t.detach().reshape(-1).to(torch.float32).cpu().numpy() for t in tensors]
         body = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)

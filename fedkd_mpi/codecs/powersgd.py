@@ -122,9 +122,7 @@ class PowerSGDCodec(Codec):
     name = "powersgd"
     State = PowerSGDState
 
-    @classmethod
-    def settings_from(cls, cfg):
-        return cfg.powersgd
+    section = "powersgd"
 
     def encode(self, tensors, rnd, state: PowerSGDState):
         s = self.settings

@@ -107,9 +107,7 @@ class FedPAQCodec(Codec):
     name = "fedpaq"
     wire_dtype = np.dtype(np.uint8)
 
-    @classmethod
-    def settings_from(cls, cfg):
-        return cfg.fedpaq
+    section = "fedpaq"
 
     def encode(self, tensors, rnd, state: CodecState):
         s = self.settings

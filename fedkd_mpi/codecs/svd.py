@@ -123,9 +123,7 @@ class SVDCodec(Codec):
         super().__init__(settings, specs, seed, rounds)
         self.wire_dtype = np.dtype(settings.factor_dtype)  # type: ignore[misc]
 
-    @classmethod
-    def settings_from(cls, cfg):
-        return cfg.svd
+    section = "svd"
 
     @property
     def extended(self) -> bool:

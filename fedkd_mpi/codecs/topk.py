@@ -109,9 +109,7 @@ class TopKCodec(Codec):
     State = TopKState
     wire_dtype = np.dtype(np.uint8)
 
-    @classmethod
-    def settings_from(cls, cfg):
-        return cfg.topk
+    section = "topk"
 
     def encode(self, tensors, rnd, state: TopKState):
         s = self.settings
