@@ -31,7 +31,7 @@ VARIANTS = {
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ranks", type=int, default=4)
-    ap.add_argument("--config", default=str(ROOT / "configs/quickstart.yaml"))
+    ap.add_argument("--config", default=str(ROOT / "configs/scratch.yaml"))
     ap.add_argument("--outdir", default=str(ROOT / "runs/comparison"))
     ap.add_argument("--reuse", action="store_true", help="skip runs whose file is completed")
     args, overrides = ap.parse_known_args()

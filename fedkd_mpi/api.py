@@ -1,7 +1,7 @@
 """Experiments from a script or a notebook: :class:`Config` and :func:`run` (docs/api.md).
 
 >>> import fedkd_mpi
->>> cfg = fedkd_mpi.Config.load("configs/quickstart.yaml", ["train.rounds=2"])  # doctest: +SKIP
+>>> cfg = fedkd_mpi.Config.load("configs/scratch.yaml", ["train.rounds=2"])  # doctest: +SKIP
 >>> res = fedkd_mpi.run(cfg, ranks=4, overrides=["output=runs/r2.h5"])          # doctest: +SKIP
 >>> res.status, res.summary.mb_per_client, res.load().rounds                     # doctest: +SKIP
 

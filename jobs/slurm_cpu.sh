@@ -2,7 +2,7 @@
 # SLURM CPU batch job: rank 0 = server, ranks 1..N-1 = clients, all inside one allocation.
 #
 #   sbatch jobs/slurm_cpu.sh CONFIG [key=value ...]
-#   sbatch --ntasks=9 --time=12:00:00 jobs/slurm_cpu.sh configs/quickstart.yaml output=runs/big.h5
+#   sbatch --ntasks=9 --time=12:00:00 jobs/slurm_cpu.sh configs/scratch.yaml output=runs/big.h5
 #
 # Walltime: --signal=B:USR1@120 sends USR1 to this script 120 s before the limit; the trap
 # below forwards it to mpiexec (which forwards it to every rank), the run checkpoints at the

@@ -11,9 +11,18 @@ from fedkd_mpi.config import ConfigError, load_config
 from .conftest import FEDKD, ROOT, TINY
 
 
-def test_quickstart_config_valid():
-    cfg = load_config(ROOT / "configs" / "quickstart.yaml")
+def test_scratch_config_valid():
+    cfg = load_config(ROOT / "configs" / "scratch.yaml")
     assert cfg.algorithm == "fedkd" and cfg.data.num_clients == 3
+
+
+def test_default_config_is_fedkds_setting():
+    """scripts/quickstart.sh's job: a pretrained mentor, its first 2 layers as the mentee."""
+    cfg = load_config(ROOT / "configs" / "default.yaml")
+    m = cfg.model
+    assert (cfg.algorithm, m.kind, m.pretrained) == ("fedkd", "hf", "all-MiniLM-L6-v2")
+    assert (m.mentor.layers, m.mentee.layers, cfg.fedkd.codec) == (6, 2, "svd")
+    assert "configs/default.yaml" in (ROOT / "scripts" / "quickstart.sh").read_text()
 
 
 def test_overrides_are_typed():
@@ -56,11 +65,11 @@ def test_missing_file_and_bad_yaml(tmp_path):
 
 
 def test_validate_command_exit_code_and_single_line():
-    res = subprocess.run([str(FEDKD), "validate", str(ROOT / "configs/quickstart.yaml"),
+    res = subprocess.run([str(FEDKD), "validate", str(ROOT / "configs/scratch.yaml"),
                           "svd.t_start=2"], capture_output=True, text=True)
     assert res.returncode == 2
     assert res.stderr.strip().count("\n") == 0 and "svd.t_start" in res.stderr
-    ok = subprocess.run([str(FEDKD), "validate", str(ROOT / "configs/quickstart.yaml")],
+    ok = subprocess.run([str(FEDKD), "validate", str(ROOT / "configs/scratch.yaml")],
                         capture_output=True, text=True)
     assert ok.returncode == 0 and "algorithm: fedkd" in ok.stdout
 

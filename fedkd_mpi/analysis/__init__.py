@@ -1,7 +1,7 @@
 """Post-hoc analysis of run files: tidy pandas tables, reports, comparisons, exports.
 
 >>> from fedkd_mpi.analysis import load
->>> run = load("runs/quickstart.h5")  # doctest: +SKIP
+>>> run = load("runs/default.h5")  # doctest: +SKIP
 >>> run.rounds, run.clients, run.layers, run.timing, run.summary  # doctest: +SKIP
 
 Nothing here imports mpi4py or torch; see docs/analysis.md. The names below are imported on

@@ -52,6 +52,7 @@ class RunSummary:
     metric_name: str
     metric_names: list[str]
     final: dict[str, float]  # 'mentor_<name>' / 'mentee_<name>' -> metric after the last round
+    majority_rate: float  # accuracy of always answering the test data's most frequent class
     mb_up_per_client: float
     mb_down_per_client: float
     dense_mb_mentee_per_client: float  # the same messages, had each carried the mentee dense
@@ -217,7 +218,8 @@ def _read(path: Path, f: h5py.File, version: int) -> Run:
         layer_df["energy_threshold"] = np.repeat(rounds["energy_threshold"].to_numpy(),
                                                  len(layer_df) // max(n, 1))
     _add_phase_times(rounds, timing)
-    summary = _summary(path, version, attrs, config, rounds, clients, n, num_clients, verdict)
+    summary = _summary(path, version, attrs, config, rounds, clients, n, num_clients, verdict,
+                       _majority_rate(f.get("partition")))
     return Run(path=path, attrs=attrs, config=config, rounds=rounds, clients=clients,
                layers=layer_df, timing=timing, summary=summary)
 
@@ -364,9 +366,21 @@ def _status_note(path: Path, status: str, rounds: pd.DataFrame, planned: int | N
             f"{v.limit_s:.0f} s){repair}"), False
 
 
+def _majority_rate(g: h5py.Group | None) -> float:
+    """Mean over clients of the share of their held-out data's most frequent class (the
+    accuracy of a constant answer); NaN for files without ``partition/test_label_hist``."""
+    if g is None or "test_label_hist" not in g:
+        return math.nan
+    h = np.asarray(g["test_label_hist"][:], np.float64)
+    total = h.sum(axis=1)
+    ok = total > 0
+    return float((h.max(axis=1)[ok] / total[ok]).mean()) if ok.any() else math.nan
+
+
 def _summary(path: Path, version: int, attrs: dict[str, Any], config: dict[str, Any],
              rounds: pd.DataFrame, clients: pd.DataFrame, n: int,
-             num_clients: int, verdict: WriterVerdict | None = None) -> RunSummary:
+             num_clients: int, verdict: WriterVerdict | None = None,
+             majority_rate: float = math.nan) -> RunSummary:
     try:
         planned = int(config_get(config, "train.rounds"))
     except (KeyError, TypeError, ValueError):
@@ -403,6 +417,7 @@ def _summary(path: Path, version: int, attrs: dict[str, Any], config: dict[str, 
         seed=int(seed) if seed is not None else None, num_clients=num_clients,
         world_size=int(world) if world is not None else None, rounds_completed=n,
         rounds_planned=planned, metric_name=names[0], metric_names=names, final=final,
+        majority_rate=majority_rate,
         mb_up_per_client=up, mb_down_per_client=down, dense_mb_mentee_per_client=dense_mentee,
         dense_mb_mentor_per_client=dense_mentor, reduction_vs_mentor_fedavg=ratio(dense_mentor),
         reduction_vs_dense_mentee=ratio(dense_mentee), time_per_round_s=phases)

@@ -72,6 +72,8 @@ def summary_rows(run: Run) -> list[list[str]]:
     for name in s.metric_names:
         for m in MODELS:
             rows.append([f"final {m} {name} (mean over clients)", fmt(s.final[f"{m}_{name}"])])
+    if math.isfinite(s.majority_rate):
+        rows.append(["majority-class rate of the held-out data", fmt(s.majority_rate)])
     c = run.clients
     if "participated" in c and len(c):
         per_round = c.groupby("round")["participated"].sum()

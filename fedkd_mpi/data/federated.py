@@ -47,6 +47,7 @@ class FederatedData:
     sizes: np.ndarray  # int64[num_clients]: training examples per client
     clients: dict[int, ClientData]
     label_hist: np.ndarray | None = None  # int64[num_clients, num_classes]: training labels
+    test_label_hist: np.ndarray | None = None  # int64[num_clients, num_classes]: held-out labels
     input_kind: str = "tokens"  # tokens (int64 ids) | images (uint8) | features (float32)
     #: where the data came from (file datasets: data_path, data_bytes, data_sha256, data_rows,
     #: data_dropped_rows, data_test_*): the dataset's ``provenance`` after load(); root attrs
@@ -90,6 +91,7 @@ def load_federated(cfg: DataConfig, seed: int, client_ids: list[int]) -> Federat
     _check_clients(cfg, parts, shared_test is not None)
     sizes = np.zeros(cfg.num_clients, dtype=np.int64)
     hist = np.zeros((cfg.num_clients, len(corpus.class_names)), dtype=np.int64)
+    test_hist = np.zeros_like(hist)
     clients: dict[int, ClientData] = {}
     test_xy = None
     if shared_test is not None and client_ids:
@@ -103,13 +105,15 @@ def load_federated(cfg: DataConfig, seed: int, client_ids: list[int]) -> Federat
             test, train = shared_test, rng(seed, "split", c).permutation(part)
         sizes[c] = len(train)
         hist[c] = np.bincount(labels[train], minlength=hist.shape[1])
+        test_hist[c] = np.bincount(labels[test], minlength=hist.shape[1])
         if c in client_ids:
             tx, ty = test_xy if test_xy is not None else (
                 _features(corpus, test, cfg), torch.from_numpy(labels[test]))
             clients[c] = ClientData(c, _features(corpus, train, cfg),
                                     torch.from_numpy(labels[train]), tx, ty)
     return FederatedData(len(corpus.class_names), corpus.class_names, sizes, clients, hist,
-                         corpus.input_kind, dict(getattr(dataset, "provenance", None) or {}))
+                         test_hist, corpus.input_kind,
+                         dict(getattr(dataset, "provenance", None) or {}))
 
 
 def _load(cfg: DataConfig, dataset: Dataset) -> Corpus:

@@ -57,6 +57,8 @@ def writer_for(ctx: Context, fed: FederatedData, attrs: dict[str, object]) -> Ru
     static = {"partition/num_train": fed.sizes.astype(np.int64)}
     if fed.label_hist is not None:
         static["partition/label_hist"] = fed.label_hist.astype(np.int64)
+    if fed.test_label_hist is not None:
+        static["partition/test_label_hist"] = fed.test_label_hist.astype(np.int64)
     writer = RunWriter(cfg.output, attrs, cfg.data.num_clients, ctx.comm.Get_size(),
                        [s.name for s in specs],
                        np.array([[s.rows, s.cols] for s in specs], dtype=np.int64),
@@ -72,20 +74,21 @@ def print_summary(cfg: Config) -> None:
     from fedkd_mpi.analysis.reader import load
 
     s = load(cfg.output).summary
-    rows = [["algorithm", s.algorithm], ["rounds", s.rounds_completed],
-            ["clients", s.num_clients]]
-    for role in ("mentor", "mentee"):
-        for name in s.metric_names:
-            value = _fmt(s.final[f"{role}_{name}"])
-            rows.append([f"{role} test {name} (mean over clients)", value])
-    rows += [["MB up per client (total)", f"{s.mb_up_per_client:.4f}"],
-             ["MB down per client (total)", f"{s.mb_down_per_client:.4f}"],
-             ["reduction vs mentee sent dense", _x(s.reduction_vs_dense_mentee)],
-             ["reduction vs FedAvg on the mentor", _x(s.reduction_vs_mentor_fedavg)],
-             ["output", cfg.output]]
-    print(tabulate(rows, tablefmt="simple", disable_numparse=True), flush=True)
-    print("(reductions: the same messages carrying that model dense, against the bytes sent "
-          "up+down)", flush=True)
+    print(tabulate([["algorithm", s.algorithm], ["rounds", s.rounds_completed],
+                    ["clients", s.num_clients]], tablefmt="plain", disable_numparse=True))
+    rows = [[name, _fmt(s.final[f"mentor_{name}"]), _fmt(s.final[f"mentee_{name}"]),
+             _fmt(s.majority_rate) if name == "accuracy" else ""] for name in s.metric_names]
+    print(tabulate(rows, headers=["held-out (mean over clients)", "mentor", "mentee",
+                                  "majority class"], tablefmt="simple", disable_numparse=True))
+    rows = [["MB up per client (total)", f"{s.mb_up_per_client:.4f}"],
+            ["MB down per client (total)", f"{s.mb_down_per_client:.4f}"],
+            ["reduction vs mentee sent dense", _x(s.reduction_vs_dense_mentee)],
+            ["reduction vs FedAvg on the mentor", _x(s.reduction_vs_mentor_fedavg)],
+            ["output", cfg.output]]
+    print(tabulate(rows, tablefmt="plain", disable_numparse=True), flush=True)
+    print("(majority class: the accuracy of always answering the held-out data's most frequent "
+          "class; reductions: the same messages carrying that model dense, against the bytes "
+          "sent up+down)", flush=True)
 
 
 def _x(v: float) -> str:

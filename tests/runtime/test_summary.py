@@ -1,5 +1,5 @@
-"""The end-of-run summary and ``fedkd-mpi report`` give the same byte reductions, computed
-once (analysis/reader.py), and right under client sampling."""
+"""The end-of-run summary and ``fedkd-mpi report`` give the same byte reductions and
+majority-class rate, computed once (analysis/reader.py), and right under client sampling."""
 
 from __future__ import annotations
 
@@ -28,8 +28,17 @@ def test_summary_and_report_agree_under_sampling(tiny_run):
                    f"{f.attrs['dense_bytes_mentor'] * messages / sent:.1f}x")
         assert f["clients/participated"][()].sum(1).tolist() == [3, 3, 3]
         assert np.isfinite(f["rounds/mentor_f1"][()]).all()  # sampled mentors averaged too
+        hist = f["partition/test_label_hist"][()]
+        final_acc = (f["rounds/mentor_accuracy"][-1], f["rounds/mentee_accuracy"][-1])
+    # every client's held-out labels, counted; the constant answer's accuracy, by hand
+    assert hist.shape[0] == 10 and (hist.sum(1) > 0).all()
+    majority = f"{(hist.max(1) / hist.sum(1)).mean():.4f}"
     report = run_job(1, "report", str(out), "--no-figures", launcher=False, timeout=60)
     assert report.returncode == 0, report.stderr
     assert _reductions(res.stdout) == _reductions(report.stdout) == by_hand
+    acc = re.search(r"^accuracy\s+(\S+)\s+(\S+)\s+(\S+)\s*$", res.stdout, re.M)
+    assert acc is not None, res.stdout
+    assert acc.groups() == (f"{final_acc[0]:.4f}", f"{final_acc[1]:.4f}", majority)
+    assert re.search(rf"majority-class rate of the held-out data\s+{majority}", report.stdout)
     # every client sending every round would be 3.3x more messages than were sent
     assert messages == 2 * 3 * 3
