@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedkd_mpi.models.base import logits_of
+
 METRICS = ("accuracy", "f1", "macro_f1")
 
 
@@ -50,7 +52,7 @@ def metric_names(headline: str, num_classes: int) -> list[str]:
 def predict(model: nn.Module, x: torch.Tensor, batch: int, device: torch.device) -> np.ndarray:
     """Arg-max predictions of ``model`` (eval mode) on ``x``."""
     model.eval()
-    out = [model(x[i : i + batch].to(device)).logits.argmax(-1).cpu()
+    out = [logits_of(model, x[i : i + batch].to(device)).argmax(-1).cpu()
            for i in range(0, len(x), batch)]
     return torch.cat(out).numpy() if out else np.zeros(0, np.int64)
 

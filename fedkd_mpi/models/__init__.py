@@ -14,6 +14,7 @@ from fedkd_mpi.models.base import (
     ModelShape,
     family_of,
     layer_map,
+    logits_of,
     probe,
 )
 from fedkd_mpi.models.transformer import TinyEncoder, build_model
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     from fedkd_mpi.config import Config
 
 __all__ = ["EncoderOutput", "ModelFamily", "ModelOutputError", "ModelShape", "TinyEncoder",
-           "build_for", "build_model", "family_of", "layer_map", "probe"]
+           "build_for", "build_model", "family_of", "layer_map", "logits_of", "probe"]
 
 
 def build_for(cfg: Config, role: str, num_classes: int, seed: int,

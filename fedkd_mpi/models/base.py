@@ -8,7 +8,10 @@ config and
 * ``build(role, num_classes, seed, freeze_embeddings)`` returns the ``role`` ("mentor" or
   "mentee") model, initialised from ``seed`` only (never from the global RNG); a model with
   an ``embeddings`` submodule gets it frozen (requires_grad=False) when ``freeze_embeddings``;
-  ``forward(x)`` returns an :class:`EncoderOutput`;
+  ``forward(x)`` returns an :class:`EncoderOutput`; a forward that also takes the keyword
+  ``features: bool = True`` may skip the hidden states and attention maps when it is False
+  (``EncoderOutput(logits, [], [])``, the same logits): evaluation asks for logits only
+  (:func:`logits_of`);
 * ``input_kinds`` (class attribute) says which corpus inputs it accepts: ``tokens`` (int64
   token ids ``[B, L]``), ``images`` (uint8 ``[B, C, H, W]``), ``features`` (float32
   ``[B, d]``);
@@ -22,8 +25,10 @@ Widths and depths are read from the built modules with :func:`probe` (a family m
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -35,7 +40,7 @@ if TYPE_CHECKING:
     from fedkd_mpi.config import Config
 
 __all__ = ["EncoderOutput", "ModelFamily", "ModelOutputError", "ModelShape", "family_of",
-           "layer_map", "probe"]
+           "layer_map", "logits_of", "probe"]
 
 
 @dataclass
@@ -151,6 +156,22 @@ def _first_line(exc: object, limit: int = 200) -> str:
     lines = str(exc).strip().splitlines()
     line = lines[0].strip() if lines else ""
     return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+@lru_cache(maxsize=64)
+def _takes_features(cls: type) -> bool:
+    try:
+        return "features" in inspect.signature(cls.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def logits_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``model(x).logits``, with ``features=False`` when the forward takes that keyword (no
+    hidden states or attention maps collected)."""
+    if _takes_features(type(model)):
+        return model(x, features=False).logits
+    return model(x).logits
 
 
 def layer_map(mentor_layers: int, mentee_layers: int) -> list[tuple[int, int]]:

@@ -4,6 +4,8 @@ layers, both with a classification head on the pooled output.
 ``model.pretrained`` is either a packaged name (:data:`PACKAGED`) or a local folder holding a
 Hugging Face ``config.json`` and weights (``model.safetensors`` or ``pytorch_model.bin``).
 Nothing is ever downloaded: ``HF_HUB_OFFLINE=1`` is set before ``transformers`` is imported.
+BERT checkpoints with ``model.safetensors`` are built by :mod:`fedkd_mpi.models.bert` (bitwise
+the same model, without importing transformers); every other one by ``transformers.AutoModel``.
 
 The ``hf`` model family (:class:`HFFamily`): ``model.mentor.layers`` / ``model.mentee.layers``
 say how many layers each keeps; their ``hidden``, ``heads`` and ``ffn`` are ignored (the
@@ -115,42 +117,87 @@ class HFEncoder(nn.Module):
 
     def __init__(self, name: str, layers: int, num_classes: int) -> None:
         super().__init__()
-        from transformers import AutoConfig, AutoModel
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
         path = resolve(name)
-        conf = AutoConfig.from_pretrained(path, num_hidden_layers=layers,
-                                          attn_implementation="eager")
-        try:  # no BERT pooler: it would be an untrained, never-updated (but sent) matrix
-            self.encoder = AutoModel.from_pretrained(path, config=conf, add_pooling_layer=False)
-        except TypeError:
-            self.encoder = AutoModel.from_pretrained(path, config=conf)
+        conf = _native_config(path)
+        if conf is not None:  # no transformers import (~5 s of CPU per process)
+            from fedkd_mpi.models.bert import load
+
+            self.encoder = load(path, layers)
+            self.native = True
+            spec = self.encoder.spec
+            pad, hidden, p_drop = spec.pad_token_id, spec.hidden_size, spec.hidden_dropout_prob
+        else:
+            auto = _auto_model()
+            conf = _hf_config(path, layers)
+            try:  # no BERT pooler: it would be an untrained, never-updated (but sent) matrix
+                self.encoder = auto.from_pretrained(path, config=conf, add_pooling_layer=False)
+            except TypeError:
+                self.encoder = auto.from_pretrained(path, config=conf)
+            self.native = False
+            pad, hidden = conf.pad_token_id, conf.hidden_size
+            p_drop = float(getattr(conf, "hidden_dropout_prob", 0.1))
         self.pooling = pooling_mode(name)
-        self.pad_id = int(conf.pad_token_id or 0)
-        self.drop = nn.Dropout(float(getattr(conf, "hidden_dropout_prob", 0.1)))
-        self.classifier = nn.Linear(conf.hidden_size, num_classes)
+        self.pad_id = int(pad or 0)
+        self.drop = nn.Dropout(p_drop)
+        self.classifier = nn.Linear(hidden, num_classes)
 
     @property
     def embeddings(self) -> nn.Module:
         """The (optionally frozen) embedding block."""
         return self.encoder.embeddings
 
-    def forward(self, ids: torch.Tensor) -> EncoderOutput:
+    def forward(self, ids: torch.Tensor, features: bool = True) -> EncoderOutput:
+        """``features=False``: logits only (``EncoderOutput(logits, [], [])``, same logits)."""
         mask = ids != self.pad_id
         n = max(1, int(mask.sum(1).max()))  # right-padded: trim the all-padding tail
         ids, mask = ids[:, :n], mask[:, :n]
-        out = self.encoder(input_ids=ids, attention_mask=mask.long(), output_hidden_states=True,
-                           output_attentions=True, return_dict=True)
+        if self.native:
+            out = self.encoder(ids, mask.long(), features=features)
+        else:
+            out = self.encoder(input_ids=ids, attention_mask=mask.long(),
+                               output_hidden_states=features, output_attentions=features,
+                               return_dict=True)
         last = out.last_hidden_state
         if self.pooling == "cls":
             pooled = last[:, 0]
         else:
             keep = mask.unsqueeze(-1).to(last.dtype)
             pooled = (last * keep).sum(1) / keep.sum(1).clamp_min(1.0)
-        return EncoderOutput(self.classifier(self.drop(pooled)), list(out.hidden_states[1:]),
-                             list(out.attentions))
+        logits = self.classifier(self.drop(pooled))
+        if not features:
+            return EncoderOutput(logits, [], [])
+        return EncoderOutput(logits, list(out.hidden_states[1:]), list(out.attentions))
+
+
+def _native_config(path: Path) -> dict | None:
+    """The parsed config.json if :mod:`fedkd_mpi.models.bert` builds this checkpoint (BERT
+    with model.safetensors), else None: transformers builds it."""
+    from fedkd_mpi.models.bert import WEIGHTS, supports
+
+    try:
+        conf = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(conf, dict) and supports(conf) and (path / WEIGHTS).is_file()
+    return conf if ok else None
+
+
+def _auto_model():
+    """transformers' AutoModel, logging quietened."""
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    return AutoModel
+
+
+def _hf_config(path: Path, layers: int):
+    """transformers' config of ``path`` cut to ``layers`` layers, eager attention."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(path, num_hidden_layers=layers,
+                                      attn_implementation="eager")
 
 
 def build_hf(name: str, layers: int, num_classes: int, seed: int,
@@ -184,14 +231,21 @@ def _first_shape_mismatch(name: str, layers: int) -> str | None:
     when there is no safetensors file or no such tensor."""
     try:
         from safetensors import safe_open
-        from transformers import AutoConfig, AutoModel
 
         path = resolve(name)
-        conf = AutoConfig.from_pretrained(path, num_hidden_layers=layers)
-        with torch.device("meta"):
-            model = AutoModel.from_config(conf)
+        native = _native_config(path)
+        if native is not None:
+            from fedkd_mpi.models.bert import skeleton
+
+            model, prefix = skeleton(native, layers), "bert."
+        else:
+            from transformers import AutoConfig, AutoModel
+
+            conf = AutoConfig.from_pretrained(path, num_hidden_layers=layers)
+            with torch.device("meta"):
+                model = AutoModel.from_config(conf)
+            prefix = f"{model.base_model_prefix}."
         want = {k: list(v.shape) for k, v in model.state_dict().items()}
-        prefix = f"{model.base_model_prefix}."
         with safe_open(str(path / WEIGHT_FILES[0]), "pt") as fh:
             for key in fh.keys():
                 got = list(fh.get_slice(key).get_shape())

@@ -84,15 +84,3 @@ def local_train(alg: Algorithm, client: Client, shared: nn.Module | None, cfg: C
         for k, v in parts.items():
             sums[k] = sums.get(k, 0.0) + v
     return {k: v / steps for k, v in sums.items()}
-
-
-@torch.no_grad()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int,
-             device: torch.device) -> float:
-    """Top-1 accuracy on held-out data."""
-    model.eval()
-    correct = 0
-    for i in range(0, len(y), batch):
-        logits = model(x[i : i + batch].to(device)).logits
-        correct += int((logits.argmax(-1).cpu() == y[i : i + batch]).sum())
-    return correct / max(1, len(y))

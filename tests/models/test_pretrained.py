@@ -4,6 +4,7 @@ embeddings, one-line errors, and one real mpiexec job."""
 from __future__ import annotations
 
 import json
+import re
 
 import h5py
 import numpy as np
@@ -121,7 +122,9 @@ def test_pretrained_fedkd_job_under_mpiexec(tmp_path):
                   "train.batch_size=4", "data.max_len=12", "data.test_samples=12",
                   "data.max_samples=40", timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "mentor test f1" in res.stdout
+    assert re.search(r"^f1\s+\d\.\d{4}\s+\d\.\d{4}\s*$", res.stdout, re.M), res.stdout
+    majority = r"^accuracy\s+\d\.\d{4}\s+\d\.\d{4}\s+\d\.\d{4}[ \t]*$"  # + majority class
+    assert re.search(majority, res.stdout, re.M), res.stdout
     with h5py.File(out, "r") as f:
         a = f.attrs
         assert a["status"] == "completed" and a["metric_name"] == "f1"
