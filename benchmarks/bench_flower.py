@@ -1,17 +1,42 @@
 """FedAvg rounds per second: this package under mpiexec vs Flower's simulation engine (Ray).
 
-The same workload on both sides: the quickstart's data (Rotten Tomatoes, IID, ``--clients``
-clients, same split and seed), the quickstart's mentee model (same initial weights, frozen
-embeddings, only trainable tensors travel), plain SGD (stateless, so Flower's ephemeral
-ClientApps train exactly like our persistent clients), ``--steps`` local steps of batch 32 per
-round through the package's own ``local_train``, FedAvg weighted by training examples, and
-every client evaluating the new global model on its held-out split each round. Flower runs
-in its own venv (.venv-flower, created by benchmarks/setup_flower.sh, never committed) with one
-CPU per client actor; ours runs ``mpiexec -n clients+1`` (one rank per client + a server).
-Sides alternate for ``--reps`` repetitions; printed: total wall time of each job (start-up
-included), steady-state seconds per round (median over rounds 2..R), and the ratios.
+One invocation measures up to two workloads (``--workloads quickstart,many``), each side by
+side, the sides alternating for ``--reps`` repetitions:
 
-    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/bench_flower.py
+``quickstart``
+    The from-scratch config's data (Rotten Tomatoes, IID, ``--clients`` clients, same split
+    and seed), its mentee model (same initial weights, frozen embeddings, only trainable
+    tensors travel), plain SGD, ``--steps`` local steps of batch 32 per round, ``--rounds``
+    rounds, every client evaluating the new global model on its held-out split each round.
+    Ours: ``mpiexec -n clients+1`` (one rank per client + the server).
+``many``
+    Many small clients, where framework costs dominate: ``--many-clients`` clients (200)
+    sharing ``--many-samples`` snippets (7,500: 37-38 each, of which 30 train and 7-8 are
+    held out), ``--many-sampled`` (20) clients sampled per round by the package's own
+    sampler (``train.sample_count``) and the very same 20 on the Flower side, 1 local epoch
+    of batch ``--many-batch`` per sampled client, ``--many-rounds`` rounds. Evaluation: our
+    client ranks evaluate the global model on *every* hosted client's held-out split (there
+    is no "sampled clients only" mode), so both sides evaluate all clients, by default after
+    the last round only (``train.eval_every=R``; ``--many-eval every``: each round).
+    Ours: ``mpiexec -n --many-ranks`` (4: 3 client ranks hosting ~67 clients each).
+
+Both sides train through the package's own ``local_train`` (per-(seed, round, client) batch
+order and dropout) and evaluate with its own ``metrics.evaluate``; FedAvg is weighted by
+training examples; SGD is stateless, so Flower's ephemeral ClientApps train exactly like our
+persistent clients. Flower runs in its own venv (.venv-flower, created by
+benchmarks/setup_flower.sh, never committed) with one CPU per ClientApp actor
+(``--flower-cpus`` actors). Each Flower message names the client it is for (``cid`` in its
+config): the strategy sends round r's messages for our sampled clients to the supernodes of
+the same index, so both sides train the same clients; a supernode acts as the client named.
+
+Printed per workload: whole job (start-up included) and steady-state rounds/s (median over
+rounds 2..R) per side and their ratios, the final accuracy of both sides (mean over clients,
+as our run file's ``rounds/mentee_metric``) and how many clients' accuracies agree, then
+where the time goes: ours from the run file's ``/timing/*`` [round, rank] datasets and the
+job's wall time minus its rounds; Flower's from stamps in the strategy (send/receive of each
+phase) and the time spent inside the ClientApp's train/evaluate functions.
+
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/bench_flower.py --reps 2
 """
 
 from __future__ import annotations
@@ -22,61 +47,118 @@ import os
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOWER_PY = ROOT / ".venv-flower" / "bin" / "python"
+WORKLOADS = ("quickstart", "many")
 
 
-def overrides(a: argparse.Namespace) -> list[str]:
-    return ["algorithm=fedavg", "fedavg.model=mentee", f"data.num_clients={a.clients}",
-            "train.optimizer=sgd", f"train.lr_mentee={a.lr}", f"train.local_steps={a.steps}",
-            f"train.rounds={a.rounds}", "train.aggregation=weighted", "train.batch_size=32"]
+def default_config() -> str:
+    """configs/scratch.yaml (the from-scratch config's new name), else configs/quickstart.yaml."""
+    for name in ("configs/scratch.yaml", "configs/quickstart.yaml"):
+        if (ROOT / name).exists():
+            return name
+    return "configs/scratch.yaml"
+
+
+def workload(a: argparse.Namespace, name: str) -> dict:
+    """Everything both sides need to run workload ``name`` (JSON-serialisable)."""
+    common = ["algorithm=fedavg", "fedavg.model=mentee", "train.optimizer=sgd",
+              f"train.lr_mentee={a.lr}", "train.aggregation=weighted", "data.partition=iid",
+              "data.test_protocol=per_client"]
+    if name == "quickstart":
+        clients, rounds, ranks, eval_last = a.clients, a.rounds, a.clients + 1, False
+        ov = [f"data.num_clients={clients}", f"train.local_steps={a.steps}",
+              f"train.rounds={rounds}", "train.batch_size=32", "train.eval_every=1"]
+        desc = (f"{clients} IID clients, {rounds} rounds, {a.steps} local SGD steps of batch "
+                f"32 (lr {a.lr}), every client evaluating each round")
+    elif name == "many":
+        clients, rounds, ranks = a.many_clients, a.many_rounds, a.many_ranks
+        eval_last = a.many_eval == "last"
+        ov = [f"data.num_clients={clients}", f"data.max_samples={a.many_samples}",
+              f"train.sample_count={a.many_sampled}", "train.local_epochs=1",
+              f"train.batch_size={a.many_batch}", f"train.rounds={rounds}",
+              f"train.eval_every={rounds if eval_last else 1}"]
+        desc = (f"{clients} IID clients sharing {a.many_samples} snippets, {a.many_sampled} "
+                f"sampled per round, {rounds} rounds, 1 local epoch of batch {a.many_batch} "
+                f"(lr {a.lr}), all {clients} clients evaluating "
+                + ("after the last round only" if eval_last else "each round"))
+    else:
+        raise SystemExit(f"unknown workload {name!r} (known: {', '.join(WORKLOADS)})")
+    return dict(name=name, config=str(ROOT / a.config), overrides=common + ov, clients=clients,
+                rounds=rounds, ranks=ranks, eval_last=eval_last, desc=desc,
+                flower_cpus=a.flower_cpus)
 
 
 # ------------------------------------------------------------------------------------------
 # Flower side (runs inside .venv-flower)
 # ------------------------------------------------------------------------------------------
-def flower_job(a: argparse.Namespace) -> dict:
+def flower_job(spec: dict) -> dict:
     import torch
-    from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+    from flwr.app import (
+        ArrayRecord,
+        ConfigRecord,
+        Context,
+        Message,
+        MessageType,
+        MetricRecord,
+        RecordDict,
+    )
     from flwr.clientapp import ClientApp
     from flwr.serverapp import Grid, ServerApp
     from flwr.serverapp.strategy import FedAvg
     from flwr.simulation import run_simulation
 
-    spec = dict(config=str(ROOT / a.config), overrides=overrides(a))
+    n, rounds = spec["clients"], spec["rounds"]
 
     def setup(cid: int):
-        """Per actor process and client: config, data, model, optimizer (cached)."""
-        cache = setup.__dict__.setdefault("cache", {})
-        if cid not in cache:
+        """Per actor process: config, all clients' data, one model (its trainable tensors
+        are overwritten from every message), the algorithm; per client: a Client (cached)."""
+        # Ray pickles the ClientApp with every message (its closures arrive fresh each time),
+        # so the cache lives in a module of the actor process, as a module-level global of
+        # an app loaded by reference would.
+        cache = sys.modules.setdefault("_bench_flower_cache", types.ModuleType("c")).__dict__
+        t = time.perf_counter()
+        cold = "cfg" not in cache
+        if cold:
             from fedkd_mpi.algorithms import build_algorithm
             from fedkd_mpi.config import load_config
             from fedkd_mpi.data import load_federated
+            from fedkd_mpi.metrics import metric_names
             from fedkd_mpi.models import build_for
-            from fedkd_mpi.runtime.client import Client, make_optimizer, trainable
             from fedkd_mpi.seeding import torch_seed
 
             torch.set_num_threads(1)
             cfg = load_config(spec["config"], spec["overrides"])
-            fed = load_federated(cfg.data, cfg.seed, [cid])
+            fed = load_federated(cfg.data, cfg.seed, list(range(n)))
             model = build_for(cfg, "mentee", fed.num_classes, torch_seed(cfg.seed, "init"),
                               cfg.model.freeze_embeddings)
-            alg = build_algorithm(cfg)
-            cl = Client(cid, fed.clients[cid], alg.new_state(cid))
-            cl.opt_shared = make_optimizer(trainable(model), "sgd", cfg.train.lr_mentee)
-            cache[cid] = (cfg, alg, model, cl)
-        return cache[cid]
+            cache.update(cfg=cfg, fed=fed, model=model, alg=build_algorithm(cfg),
+                         names=metric_names(cfg.data.metric, fed.num_classes))
+        if cid not in cache:
+            from fedkd_mpi.runtime.client import Client, make_optimizer, trainable
+
+            cl = Client(cid, cache["fed"].clients[cid], cache["alg"].new_state(cid))
+            cl.opt_shared = make_optimizer(trainable(cache["model"]), "sgd",
+                                           cache["cfg"].train.lr_mentee)
+            cache[cid] = cl
+        return cache, cache[cid], time.perf_counter() - t, cold
 
     def load(model, msg):
         state = msg.content["arrays"].to_torch_state_dict()
         with torch.no_grad():
-            for n, p in model.named_parameters():
-                if n in state:
-                    p.copy_(state[n])
+            for name, p in model.named_parameters():
+                if name in state:
+                    p.copy_(state[name])
+
+    def times(t0: float, t_setup: float, cold: bool, t_load: float, t_work: float) -> dict:
+        """Where a ClientApp function's time went (t-fn: all of it), in which process."""
+        return {"t-setup": t_setup, "cold": int(cold), "pid": os.getpid(), "t-load": t_load,
+                "t-work": t_work, "t-fn": time.perf_counter() - t0}
 
     client = ClientApp()
 
@@ -84,31 +166,106 @@ def flower_job(a: argparse.Namespace) -> dict:
     def train(msg: Message, context: Context) -> Message:
         from fedkd_mpi.runtime.client import local_train
 
-        cid = int(context.node_config["partition-id"])
-        cfg, alg, model, cl = setup(cid)
+        t0 = time.perf_counter()
+        cid = int(msg.content["config"]["cid"])
+        c, cl, t_setup, cold = setup(cid)
+        model = c["model"]
+        t = time.perf_counter()
         load(model, msg)
+        t_load = time.perf_counter() - t
         rnd = int(msg.content["config"]["server-round"]) - 1
-        local_train(alg, cl, model, cfg, rnd, torch.device("cpu"))
-        arrays = ArrayRecord({n: p.detach() for n, p in model.named_parameters()
+        t = time.perf_counter()
+        local_train(c["alg"], cl, model, c["cfg"], rnd, torch.device("cpu"))
+        t_train = time.perf_counter() - t
+        arrays = ArrayRecord({k: p.detach() for k, p in model.named_parameters()
                               if p.requires_grad})
-        metrics = MetricRecord({"num-examples": int(cl.data.num_train)})
+        metrics = MetricRecord({"num-examples": int(cl.data.num_train), "cid": cid,
+                                **times(t0, t_setup, cold, t_load, t_train)})
         return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
 
     @client.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        from fedkd_mpi.runtime.client import accuracy
+        from fedkd_mpi.metrics import evaluate as evaluate_model
 
-        cid = int(context.node_config["partition-id"])
-        cfg, _, model, cl = setup(cid)
+        t0 = time.perf_counter()
+        cid = int(msg.content["config"]["cid"])
+        c, cl, t_setup, cold = setup(cid)
+        model = c["model"]
+        t = time.perf_counter()
         load(model, msg)
-        acc = accuracy(model, cl.data.test_x, cl.data.test_y, cfg.train.eval_batch_size,
-                       torch.device("cpu"))
-        metrics = MetricRecord({"accuracy": acc, "num-examples": len(cl.data.test_y)})
+        t_load = time.perf_counter() - t
+        t = time.perf_counter()
+        res = evaluate_model(model, cl.data.test_x, cl.data.test_y,
+                             c["cfg"].train.eval_batch_size, torch.device("cpu"), c["names"])
+        t_eval = time.perf_counter() - t
+        metrics = MetricRecord({"accuracy": float(res[c["names"][0]]),
+                                "num-examples": len(cl.data.test_y), "cid": cid,
+                                **times(t0, t_setup, cold, t_load, t_eval)})
         return Message(RecordDict({"metrics": metrics}), reply_to=msg)
 
-    stamps: list[float] = []
+    stamps: dict[str, list[float]] = {k: [] for k in ("train_send", "train_recv", "eval_send",
+                                                      "eval_recv", "end", "nodes")}
+    fn: dict[str, list[list[dict]]] = {"train": [], "eval": []}
     out: dict = {}
     server = ServerApp()
+
+    class Sampled(FedAvg):
+        """FedAvg whose round r trains our sampled clients (the package's sampler, same seed)
+        and evaluates every client (each round, or after the last only); messages carry the
+        client id, the supernode of that index (sorted node ids) acts as that client."""
+
+        def __init__(self, cfg, **kw):
+            super().__init__(**kw)
+            self.cfg = cfg
+
+        def _nodes(self, grid: Grid) -> list[int]:
+            while len(ids := sorted(grid.get_node_ids())) < n:
+                time.sleep(0.05)
+            if not stamps["nodes"]:
+                stamps["nodes"].append(time.perf_counter())
+            return ids
+
+        def _messages(self, grid, arrays, config, rnd, cids, kind):
+            nodes = self._nodes(grid)
+            msgs = []
+            for cid in cids:
+                cr = ConfigRecord({**dict(config), "server-round": rnd, "cid": int(cid)})
+                msgs.append(Message(content=RecordDict({"arrays": arrays, "config": cr}),
+                                    message_type=kind, dst_node_id=nodes[int(cid)]))
+            return msgs
+
+        def configure_train(self, server_round, arrays, config, grid):
+            from fedkd_mpi.runtime.sampling import round_participants
+
+            stamps["train_send"].append(time.perf_counter())
+            mask = round_participants(self.cfg.train, n, self.cfg.seed, server_round - 1)
+            return self._messages(grid, arrays, config, server_round, np.flatnonzero(mask),
+                                  MessageType.TRAIN)
+
+        def aggregate_train(self, server_round, replies):
+            stamps["train_recv"].append(time.perf_counter())
+            replies = list(replies)
+            fn["train"].append([dict(r.content["metrics"]) for r in replies
+                                if not r.has_error()])
+            return super().aggregate_train(server_round, replies)
+
+        def configure_evaluate(self, server_round, arrays, config, grid):
+            stamps["eval_send"].append(time.perf_counter())
+            if spec["eval_last"] and server_round < rounds:
+                return []
+            return self._messages(grid, arrays, config, server_round, range(n),
+                                  MessageType.EVALUATE)
+
+        def aggregate_evaluate(self, server_round, replies):
+            stamps["eval_recv"].append(time.perf_counter())
+            replies = list(replies)
+            ms = [dict(r.content["metrics"]) for r in replies if not r.has_error()]
+            fn["eval"].append(ms)
+            if ms:  # our run file's headline: the mean over clients, unweighted
+                out["final_accuracy"] = float(np.mean([m["accuracy"] for m in ms]))
+                out["client_accuracy"] = {int(m["cid"]): m["accuracy"] for m in ms}
+                out["eval_errors"] = len(replies) - len(ms)
+            return super().aggregate_evaluate(server_round, replies)
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
@@ -121,40 +278,38 @@ def flower_job(a: argparse.Namespace) -> dict:
         fed = load_federated(cfg.data, cfg.seed, [])
         model = build_for(cfg, "mentee", fed.num_classes, torch_seed(cfg.seed, "init"),
                           cfg.model.freeze_embeddings)
-        init = ArrayRecord({n: p.detach() for n, p in model.named_parameters()
+        init = ArrayRecord({k: p.detach() for k, p in model.named_parameters()
                             if p.requires_grad})
-        strategy = FedAvg(fraction_train=1.0, fraction_evaluate=1.0,
-                          min_train_nodes=a.clients, min_evaluate_nodes=a.clients,
-                          min_available_nodes=a.clients)
+        strategy = Sampled(cfg, min_train_nodes=1, min_evaluate_nodes=1,
+                           min_available_nodes=n)
 
         def stamp(rnd: int, arrays: ArrayRecord) -> None:
-            stamps.append(time.perf_counter())
+            stamps["end"].append(time.perf_counter())
 
-        res = strategy.start(grid=grid, initial_arrays=init, num_rounds=a.rounds,
-                             evaluate_fn=stamp)
-        acc = res.evaluate_metrics_clientapp.get(a.rounds, {})
-        out["final_accuracy"] = float(acc.get("accuracy", float("nan")))
+        strategy.start(grid=grid, initial_arrays=init, num_rounds=rounds, evaluate_fn=stamp)
 
     t0 = time.perf_counter()
-    run_simulation(server_app=server, client_app=client, num_supernodes=a.clients,
+    run_simulation(server_app=server, client_app=client, num_supernodes=n,
                    backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                                   "init_args": {"num_cpus": a.flower_cpus,
+                                   "init_args": {"num_cpus": spec["flower_cpus"],
                                                  "include_dashboard": False}})
     total = time.perf_counter() - t0
-    per_round = np.diff(stamps) if len(stamps) > 1 else np.array([np.nan])
-    return dict(total_s=total, round_s=per_round.tolist(), **out)
+    st = {k: [x - t0 for x in v] for k, v in stamps.items()}
+    ends = np.array(st["end"])  # [0]: before round 1, then after each round
+    return dict(total_s=total, round_s=np.diff(ends).tolist(), stamps=st, fn=fn, **out)
 
 
 # ------------------------------------------------------------------------------------------
 # our side and the driver (runs in .venv)
 # ------------------------------------------------------------------------------------------
-def ours_job(a: argparse.Namespace, rep: int) -> dict:
+def ours_job(w: dict, rep: int) -> dict:
     import h5py
 
-    out = ROOT / "runs" / f"bench_flower_ours_{rep}.h5"
+    out = ROOT / "runs" / f"bench_flower_{w['name']}_{rep}.h5"
     bin_ = Path(sys.executable).parent
-    cmd = [str(bin_ / "mpiexec"), "-n", str(a.clients + 1), str(bin_ / "fedkd-mpi"), "run",
-           a.config, f"output={out}", "--overwrite", "runtime.progress=false", *overrides(a)]
+    cmd = [str(bin_ / "mpiexec"), "-n", str(w["ranks"]), str(bin_ / "fedkd-mpi"), "run",
+           os.path.relpath(w["config"], ROOT), f"output={os.path.relpath(out, ROOT)}",
+           "--overwrite", "runtime.progress=false", *w["overrides"]]
     t0 = time.perf_counter()
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -164,13 +319,18 @@ def ours_job(a: argparse.Namespace, rep: int) -> dict:
     with h5py.File(out, "r") as f:
         rounds = f["rounds/wall_time_s"][()]
         acc = float(f["rounds/mentee_metric"][-1])
-    return dict(total_s=total, round_s=rounds.tolist(), final_accuracy=acc, cmd=" ".join(cmd))
+        per_client = f["clients/mentee_metric"][-1]
+        timing = {k: f[f"timing/{k}"][()].tolist() for k in f["timing"]}
+    return dict(total_s=total, round_s=rounds.tolist(), final_accuracy=acc,
+                client_accuracy={i: float(v) for i, v in enumerate(per_client)
+                                 if np.isfinite(v)},
+                timing=timing, cmd=" ".join(cmd))
 
 
-def flower_subprocess(a: argparse.Namespace) -> dict:
+def flower_subprocess(a: argparse.Namespace, w: dict) -> dict:
     if not FLOWER_PY.exists():
         subprocess.run([str(ROOT / "benchmarks" / "setup_flower.sh")], check=True)
-    cmd = [str(FLOWER_PY), __file__, "--worker", *sys.argv[1:]]
+    cmd = [str(FLOWER_PY), __file__, "--worker", json.dumps(w)]
     # On a loaded machine Ray's raylet can give up waiting for its (Python) metrics agent to
     # start ("Timed out waiting for file .../metrics_agent_port_..."): wait longer, retry once.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_DEDUP_LOGS": "0",
@@ -186,55 +346,212 @@ def flower_subprocess(a: argparse.Namespace) -> dict:
             continue
         lines = [x for x in res.stdout.splitlines() if x.startswith("FLOWER_RESULT ")]
         if res.returncode == 0 and lines:
-            return json.loads(lines[-1][len("FLOWER_RESULT "):])
+            r = json.loads(lines[-1][len("FLOWER_RESULT "):])
+            r["client_accuracy"] = {int(k): v for k, v in r.get("client_accuracy", {}).items()}
+            return r
         err = dict(error=(res.stderr or res.stdout)[-3000:], returncode=res.returncode)
     return err
 
 
+def steady(round_s: list[float]) -> float:
+    """Median seconds per round over rounds 2..R (round 1 if there is only one)."""
+    r = np.asarray(round_s, float)
+    return float(np.median(r[1:] if len(r) > 1 else r))
+
+
+def agreement(o: dict, f: dict) -> str:
+    """How many clients' final accuracies agree between the sides."""
+    co, cf = o["client_accuracy"], f.get("client_accuracy", {})
+    common = sorted(set(co) & set(cf))
+    if not common:
+        return "no per-client accuracies to compare"
+    d = np.abs(np.array([co[c] - cf[c] for c in common]))
+    return (f"{int((d < 1e-9).sum())}/{len(common)} clients' accuracies identical "
+            f"(max |diff| {d.max():.2g}; ours {len(co)}, flower {len(cf)} clients)")
+
+
+def med(v) -> str:
+    v = np.asarray(v, float)
+    return f"{np.median(v):.3f} [{v.min():.3f}-{v.max():.3f}]"
+
+
+def report(w: dict, rows: dict[str, list[dict]]) -> None:
+    R = w["rounds"]
+    o0 = rows["fedkd_mpi"][0]
+    print(f"\n=== workload {w['name']}: {w['desc']}\n    ours: {o0['cmd']}\n    flower: "
+          f"run_simulation, {w['clients']} supernodes, {w['flower_cpus']} CPUs, 1 CPU per "
+          f"ClientApp actor")
+    vals = {}
+    print(f"  {'':34s} {'fedkd_mpi':>25s} {'flower':>25s} {'ratio ours/flower':>25s}")
+    for key, label in (("total_s", "whole job, rounds/s"), ("round_s", "steady state, rounds/s")):
+        for side, rs in rows.items():
+            vals[side] = np.array([R / r["total_s"] if key == "total_s" else
+                                   1.0 / steady(r["round_s"]) for r in rs])
+        ratio = vals["fedkd_mpi"] / vals["flower"]
+        print(f"  {label:34s} {med(vals['fedkd_mpi']):>25s} {med(vals['flower']):>25s} "
+              f"{med(ratio):>25s}")
+    for key, label in (("total_s", "whole job, s"), ("round_s", "steady state, s/round")):
+        cells = [med([r[key] if key == "total_s" else steady(r[key]) for r in rs])
+                 for rs in rows.values()]
+        print(f"  {label:34s} {cells[0]:>25s} {cells[1]:>25s}")
+    accs = [", ".join(f"{r.get('final_accuracy', float('nan')):.6f}" for r in rs)
+            for rs in rows.values()]
+    print(f"  {'final accuracy (per rep)':34s} {accs[0]:>25s} {accs[1]:>25s}")
+    for i, (o, f) in enumerate(zip(rows["fedkd_mpi"], rows["flower"], strict=True)):
+        print(f"  rep {i + 1}: {agreement(o, f)}")
+    breakdown(w, rows)
+
+
+def breakdown(w: dict, rows: dict[str, list[dict]]) -> None:
+    """Where the time goes, per side: medians over repetitions of per-job figures. "Per round":
+    median over rounds 2..R, without the last round when only that one evaluates (printed
+    apart)."""
+    R, last = w["rounds"], w["eval_last"] and w["rounds"] > 2
+    mid = list(range(1, R - 1 if last else R)) or [0]
+
+    def m(xs) -> float:
+        return float(np.median(np.asarray(xs, float)))
+
+    def agg(jobs: list[dict]) -> dict[str, float]:
+        return {k: m([j[k] for j in jobs]) for k in jobs[0]}
+
+    span = f"rounds {mid[0] + 1}..{mid[-1] + 1}" if len(mid) > 1 else f"round {mid[0] + 1}"
+    # ours: /timing/* [round, rank]; rank 0 is the server, 1.. the client ranks
+    jobs = []
+    for r in rows["fedkd_mpi"]:
+        t = {k: np.asarray(v, float) for k, v in r["timing"].items()}
+        rs, c = np.asarray(r["round_s"], float), slice(1, None)
+        busy = sum(t[k][:, c] for k in ("train_s", "eval_s", "encode_s", "decode_s"))
+        jobs.append(dict(
+            job=r["total_s"], startup=r["total_s"] - rs.sum(), r1=rs[0], round=m(rs[mid]),
+            train=m(t["train_s"][mid, c].mean(1)), train_max=m(t["train_s"][mid, c].max(1)),
+            eval=m(t["eval_s"][mid, c].mean(1)),
+            codec=m((t["encode_s"] + t["decode_s"])[mid, c].mean(1)),
+            comm=m(t["comm_s"][mid, c].mean(1)),
+            other=m((t["round_s"][:, c] - busy - t["comm_s"][:, c])[mid].mean(1)),
+            agg=m((t["aggregate_s"] + t["decode_s"])[mid, 0]), s_comm=m(t["comm_s"][mid, 0]),
+            last=rs[-1], last_eval=t["eval_s"][-1, c].max()))
+    o = agg(jobs)
+    print(f"  where the time goes, fedkd_mpi (medians over reps; per round: {span}):\n"
+          f"    job {o['job']:.2f} s = start-up + teardown {o['startup']:.2f} s (wall time minus "
+          f"the rounds) + round 1 {o['r1']:.2f} s + later rounds ({o['round']:.3f} s/round)\n"
+          f"    per round, mean of {w['ranks'] - 1} client ranks: train {o['train']:.3f} s "
+          f"(slowest rank {o['train_max']:.3f}), eval {o['eval']:.3f}, encode+decode "
+          f"{o['codec']:.4f}, comm incl. waiting {o['comm']:.3f}, other {o['other']:.4f}; "
+          f"server rank: aggregate+decode {o['agg']:.4f}, comm incl. waiting {o['s_comm']:.3f}")
+    if last:
+        print(f"    last round, all {w['clients']} clients evaluating: {o['last']:.3f} s, "
+              f"eval {o['last_eval']:.3f} s on the slowest client rank")
+
+    # flower: strategy stamps (ServerApp process) and ClientApp function times (actors)
+    def fsum(replies: list[dict], key: str) -> float:
+        return float(sum(x[key] for x in replies))
+
+    def parts(replies: list[dict]) -> dict[str, float]:
+        s = {k: fsum(replies, k) for k in ("t-fn", "t-setup", "t-load", "t-work")}
+        s["t-other"] = s["t-fn"] - s["t-setup"] - s["t-load"] - s["t-work"]
+        return s
+
+    jobs = []
+    for r in rows["flower"]:
+        st = {k: np.asarray(v, float) for k, v in r["stamps"].items()}
+        rs = np.asarray(r["round_s"], float)
+        tr, ev = r["fn"]["train"], r["fn"]["eval"]
+        tp = [parts(tr[i]) for i in mid]
+        ep = [parts(ev[i]) for i in mid]
+        lp = parts(ev[-1])
+        jobs.append(dict(
+            job=r["total_s"], first=st["train_send"][0], r1=rs[0], round=m(rs[mid]),
+            nodes=st["nodes"][0] - st["train_send"][0],
+            tail=r["total_s"] - st["end"][-1],
+            setup=sum(fsum(x, "t-setup") for x in tr + ev),
+            actors=len({x["pid"] for rr in tr + ev for x in rr}),
+            cold=sum(x["cold"] for rr in tr + ev for x in rr),
+            train_ph=m((st["train_recv"] - st["train_send"])[mid]),
+            ntrain=m([len(tr[i]) for i in mid]),
+            **{f"tr{k}": m([p[k] for p in tp]) for k in tp[0]},
+            eval_ph=m((st["eval_recv"] - st["eval_send"])[mid]),
+            neval=m([len(ev[i]) for i in mid]),
+            **{f"ev{k}": m([p[k] for p in ep]) for k in ep[0]},
+            last=rs[-1], last_ph=st["eval_recv"][-1] - st["eval_send"][-1], nlast=len(ev[-1]),
+            **{f"la{k}": lp[k] for k in lp}))
+    f = agg(jobs)
+    cpus = w["flower_cpus"]
+    print(f"  where the time goes, flower (medians over reps; per round: {span}):\n"
+          f"    job {f['job']:.2f} s = Ray + simulation start-up until round 1's first message "
+          f"{f['first']:.2f} s + round 1 {f['r1']:.2f} s (incl. {f['nodes']:.2f} s until all "
+          f"{w['clients']} supernodes were registered, the start of {f['actors']:.0f} "
+          f"actor processes; set-up of config/data/model in them {f['setup']:.2f} s summed, "
+          f"{f['cold']:.0f} cold) + later rounds "
+          f"({f['round']:.3f} s/round) + shutdown {f['tail']:.2f} s\n"
+          f"    per round: train phase (send -> all replies) {f['train_ph']:.3f} s for "
+          f"{f['ntrain']:.0f} clients; ClientApp train fn {f['trt-fn']:.3f} s summed over "
+          f"clients (= {f['trt-fn'] / cpus:.3f} s per actor if spread over {cpus}): load "
+          f"arrays {f['trt-load']:.3f}, local_train {f['trt-work']:.3f}, reply + rest "
+          f"{f['trt-other']:.3f}")
+    if f["neval"]:
+        print(f"    evaluate phase {f['eval_ph']:.3f} s for {f['neval']:.0f} clients; evaluate "
+              f"fn {f['evt-fn']:.3f} s summed: load arrays {f['evt-load']:.3f}, evaluate "
+              f"{f['evt-work']:.3f}, rest {f['evt-other']:.3f}")
+    else:
+        print(f"    evaluate phase without messages {f['eval_ph']:.4f} s")
+    if last:
+        print(f"    last round, all {f['nlast']:.0f} clients evaluating: {f['last']:.3f} s; "
+              f"evaluate phase {f['last_ph']:.3f} s, evaluate fn {f['lat-fn']:.3f} s summed: "
+              f"load arrays {f['lat-load']:.3f}, evaluate {f['lat-work']:.3f}, rest "
+              f"{f['lat-other']:.3f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--config", default="configs/quickstart.yaml")
-    ap.add_argument("--clients", type=int, default=3)
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--lr", type=float, default=0.05)
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--workloads", default="quickstart,many",
+                    help="comma-separated, of: " + ", ".join(WORKLOADS))
+    ap.add_argument("--config", default=default_config(),
+                    help="configs/scratch.yaml if present, else configs/quickstart.yaml")
+    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (both workloads)")
+    g = ap.add_argument_group("quickstart workload")
+    g.add_argument("--clients", type=int, default=3)
+    g.add_argument("--rounds", type=int, default=5)
+    g.add_argument("--steps", type=int, default=20)
+    g = ap.add_argument_group("many workload")
+    g.add_argument("--many-clients", type=int, default=200)
+    g.add_argument("--many-samples", type=int, default=7500,
+                   help="data.max_samples: 7500 / 200 clients = 30 training + 7-8 held out")
+    g.add_argument("--many-sampled", type=int, default=20, help="train.sample_count")
+    g.add_argument("--many-rounds", type=int, default=10)
+    g.add_argument("--many-batch", type=int, default=10, help="1 epoch of 30 = 3 steps")
+    g.add_argument("--many-ranks", type=int, default=4, help="mpiexec -n (server + clients)")
+    g.add_argument("--many-eval", choices=("last", "every"), default="last",
+                   help="all clients evaluate after the last round only, or every round")
     ap.add_argument("--flower-cpus", type=int, default=os.cpu_count() or 2)
-    ap.add_argument("--flower-timeout", type=float, default=1200.0)
-    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--flower-timeout", type=float, default=1800.0)
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
-        print("FLOWER_RESULT " + json.dumps(flower_job(a)), flush=True)
+        print("FLOWER_RESULT " + json.dumps(flower_job(json.loads(a.worker))), flush=True)
         return
-    rows: dict[str, list[dict]] = {"fedkd_mpi": [], "flower": []}
-    for rep in range(a.reps):
-        rows["fedkd_mpi"].append(ours_job(a, rep))
-        rows["flower"].append(flower_subprocess(a))
-        if "error" in rows["flower"][-1]:
-            print("Flower simulation failed:\n" + rows["flower"][-1]["error"])
-            sys.exit(1)
-        o, f = rows["fedkd_mpi"][-1], rows["flower"][-1]
-        print(f"rep {rep + 1}: fedkd_mpi total {o['total_s']:.2f} s, round "
-              f"{np.median(o['round_s'][1:]):.3f} s, acc {o['final_accuracy']:.4f} | flower "
-              f"total {f['total_s']:.2f} s, round {np.median(f['round_s'][1:]):.3f} s, "
-              f"acc {f.get('final_accuracy', float('nan')):.4f}", flush=True)
-    print(f"\nworkload: {a.clients} clients, {a.rounds} rounds, {a.steps} local SGD steps "
-          f"(batch 32, lr {a.lr}), quickstart mentee + data; our command: "
-          f"{rows['fedkd_mpi'][0]['cmd']}")
-    for key, label in (("total_s", "whole job (start-up included)"),
-                       ("round_s", "steady state (median s/round, rounds 2..R)")):
-        vals = {}
-        for side, rs in rows.items():
-            if key == "total_s":
-                v = np.array([a.rounds / r["total_s"] for r in rs])
-            else:
-                v = np.array([1.0 / np.median(r["round_s"][1:]) for r in rs])
-            vals[side] = v
-            print(f"  {label:45s} {side:9s} rounds/s median {np.median(v):.3f} "
-                  f"[{v.min():.3f}-{v.max():.3f}]")
-        ratio = vals["fedkd_mpi"] / vals["flower"]
-        print(f"  {label:45s} ratio fedkd_mpi/flower median {np.median(ratio):.2f}x "
-              f"[{ratio.min():.2f}-{ratio.max():.2f}] (per repetition)")
+    names = [x.strip() for x in a.workloads.split(",") if x.strip()]
+    specs = [workload(a, x) for x in names]
+    print(f"config {a.config}, {a.reps} repetition(s), sides alternating; flower "
+          f"{FLOWER_PY.relative_to(ROOT)}", flush=True)
+    results = {}
+    for w in specs:
+        rows: dict[str, list[dict]] = {"fedkd_mpi": [], "flower": []}
+        for rep in range(a.reps):
+            rows["fedkd_mpi"].append(ours_job(w, rep))
+            rows["flower"].append(flower_subprocess(a, w))
+            if "error" in rows["flower"][-1]:
+                print("Flower simulation failed:\n" + rows["flower"][-1]["error"])
+                sys.exit(1)
+            o, f = rows["fedkd_mpi"][-1], rows["flower"][-1]
+            print(f"[{w['name']}] rep {rep + 1}: fedkd_mpi total {o['total_s']:.2f} s, round "
+                  f"{steady(o['round_s']):.3f} s, acc {o['final_accuracy']:.6f} | flower "
+                  f"total {f['total_s']:.2f} s, round {steady(f['round_s']):.3f} s, acc "
+                  f"{f.get('final_accuracy', float('nan')):.6f}", flush=True)
+        results[w["name"]] = rows
+        report(w, rows)
+        sys.stdout.flush()
 
 
 if __name__ == "__main__":

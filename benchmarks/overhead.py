@@ -19,7 +19,8 @@ configs/scratch.yaml), in this one process with one torch thread:
 Paths alternate within each repetition; medians over ``--reps`` are printed with the ratios.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/overhead.py
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/overhead.py --configs configs/scratch.yaml --reps 5
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/overhead.py --configs configs/scratch.yaml \
+        --reps 5
 """
 
 from __future__ import annotations
@@ -119,9 +120,9 @@ def bare_train(cfg, alg, client, shared) -> None:
 
 
 def package_eval(cfg, fed, alg, client, shared) -> list:
-    from fedkd_mpi.runtime.context import metric_cols
-
     import torch
+
+    from fedkd_mpi.runtime.context import metric_cols
 
     return [metric_cols(cfg, fed, role, model, client.data, torch.device("cpu"))
             for role, model in (("mentor", client.private), (alg.shared_role, shared))]

@@ -2,7 +2,11 @@
 
 Every wait goes through :func:`wait`, which sleep-polls a non-blocking request instead of
 spinning inside MPI (on oversubscribed CPUs a spinning waiter steals cycles from the ranks
-that are training). ``poll_s = 0`` blocks in MPI instead.
+that are training). ``poll_s = 0`` blocks in MPI instead. A sleeping rank makes no MPI
+progress, though: MPICH moves a large message in pieces, each when both ends test, so a
+sleep-polled transfer of 2 MB took 1.5 s (3.8 ms blocking). Hence each exchange first waits,
+sleeping, until every rank is there (a barrier, or the broadcast's size), then moves the
+payload polling without sleep: a short spin, since nobody is still computing.
 
 Fault channel: a client rank that fails sends rank 0 a short UTF-8 note on
 :data:`FAULT_TAG` (:func:`report_fault`) before it aborts. On rank 0 (once
@@ -152,10 +156,11 @@ class Transport:
         """
         root = self.rank == 0
         t0 = time.perf_counter()
+        wait(self.comm.Ibarrier(), self.poll_s)  # sleeping: ranks still training
         sizes = np.asarray([m.size for m in msgs], dtype=np.int64)
         all_sizes = np.zeros(int(self.counts.sum()), dtype=np.int64) if root else None
         wait(self.comm.Igatherv(sizes, [all_sizes, (self.counts, _displs(self.counts)),
-                                        MPI.INT64_T] if root else None), self.poll_s)
+                                        MPI.INT64_T] if root else None), 0.0)
         t1 = time.perf_counter()
         send, dtype = _gather_view(msgs)
         if root:
@@ -166,7 +171,7 @@ class Transport:
         else:
             spec = None
         try:
-            wait(self.comm.Igatherv(send, spec), self.poll_s)
+            wait(self.comm.Igatherv(send, spec), 0.0)  # every rank is here: no sleeping
         finally:
             if dtype is not None:
                 dtype.Free()
@@ -179,9 +184,9 @@ class Transport:
 
         Elsewhere the result is a view into a reused buffer, valid until the next call."""
         size = np.array([msg.size if self.rank == 0 else 0], dtype=np.int64)
-        wait(self.comm.Ibcast(size, root=0), self.poll_s)
+        wait(self.comm.Ibcast(size, root=0), self.poll_s)  # sleeping: the server aggregates
         buf = msg if self.rank == 0 else self._buffer("bcast", int(size[0]))
-        wait(self.comm.Ibcast(buf, root=0), self.poll_s)
+        wait(self.comm.Ibcast(buf, root=0), 0.0)  # the root is sending: no sleeping
         return buf
 
     # -- telemetry (not counted as payload) ----------------------------------------------
