@@ -184,9 +184,11 @@ def _loop(ctx: Context, fed: FederatedData, writer: RunWriter,
         observers.round_done(rec, clients, {"rank_up": ex["rank_up"],
                                             "rank_down": ex["rank_down"],
                                             "names": [sp.name for sp in alg.specs]})
-        line = (f"round {rnd + 1}/{rounds}  T={rec['energy_threshold']:.4f}  "
-                f"mentor={rec['mentor_metric']:.4f}  mentee={rec['mentee_metric']:.4f}  "
-                f"up={up.mean() / 1e6:.3f} MB/client  {rec['wall_time_s']:.1f}s")
+        line = "  ".join([f"round {rnd + 1}/{rounds}", *(
+            f"{k}={rec[c]:.4f}" for k, c in (("T", "energy_threshold"), ("mentor",
+                                                "mentor_metric"), ("mentee", "mentee_metric"))
+            if np.isfinite(rec[c])),  # no T without SVD; metrics only in evaluated rounds
+            f"up={up.mean() / 1e6:.3f} MB/client", f"{rec['wall_time_s']:.1f}s"])
         if tty:
             bar.set_postfix_str(line.split("  ", 1)[1])
             bar.update()
