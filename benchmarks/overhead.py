@@ -104,7 +104,9 @@ def bare_train(cfg, alg, client, shared) -> None:
             m.train()
     opts = (client.opt_private, client.opt_shared)
     perm = torch.randperm(n, generator=gen)
-    for step in range(cfg.train.local_epochs * per_epoch):
+    tc = cfg.train
+    steps = tc.local_steps if tc.local_steps is not None else tc.local_epochs * per_epoch
+    for step in range(steps):
         j = step % per_epoch
         if j == 0 and step > 0:
             perm = torch.randperm(n, generator=gen)
@@ -177,8 +179,9 @@ def compute(config: str, overrides: list[str], reps: int) -> dict:
             t[f"eval_{side}"].append(time.perf_counter() - s)
         identical &= same_bits(after["pkg"], after["bare"])
     med = {k: statistics.median(v) for k, v in t.items()}
-    return dict(config=config, steps=cfg.train.local_epochs * -(-fed.clients[0].num_train
-                                                               // cfg.train.batch_size),
+    tc, n = cfg.train, fed.clients[0].num_train
+    steps = tc.local_steps or tc.local_epochs * -(-n // tc.batch_size)
+    return dict(config=config, steps=steps,
                 test=len(fed.clients[0].test_y), identical=identical, **med,
                 spread={k: (min(v), max(v)) for k, v in t.items()})
 
