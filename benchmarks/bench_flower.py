@@ -47,7 +47,6 @@ import os
 import subprocess
 import sys
 import time
-import types
 from pathlib import Path
 
 import numpy as np
@@ -55,14 +54,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 FLOWER_PY = ROOT / ".venv-flower" / "bin" / "python"
 WORKLOADS = ("quickstart", "many")
-
-
-def default_config() -> str:
-    """configs/scratch.yaml (the from-scratch config's new name), else configs/quickstart.yaml."""
-    for name in ("configs/scratch.yaml", "configs/quickstart.yaml"):
-        if (ROOT / name).exists():
-            return name
-    return "configs/scratch.yaml"
 
 
 def workload(a: argparse.Namespace, name: str) -> dict:
@@ -92,211 +83,6 @@ def workload(a: argparse.Namespace, name: str) -> dict:
     return dict(name=name, config=str(ROOT / a.config), overrides=common + ov, clients=clients,
                 rounds=rounds, ranks=ranks, eval_last=eval_last, desc=desc,
                 flower_cpus=a.flower_cpus)
-
-
-# ------------------------------------------------------------------------------------------
-# Flower side (runs inside .venv-flower)
-# ------------------------------------------------------------------------------------------
-def flower_job(spec: dict) -> dict:
-    import torch
-    from flwr.app import (
-        ArrayRecord,
-        ConfigRecord,
-        Context,
-        Message,
-        MessageType,
-        MetricRecord,
-        RecordDict,
-    )
-    from flwr.clientapp import ClientApp
-    from flwr.serverapp import Grid, ServerApp
-    from flwr.serverapp.strategy import FedAvg
-    from flwr.simulation import run_simulation
-
-    n, rounds = spec["clients"], spec["rounds"]
-
-    def setup(cid: int):
-        """Per actor process: config, all clients' data, one model (its trainable tensors
-        are overwritten from every message), the algorithm; per client: a Client (cached)."""
-        # Ray pickles the ClientApp with every message (its closures arrive fresh each time),
-        # so the cache lives in a module of the actor process, as a module-level global of
-        # an app loaded by reference would.
-        cache = sys.modules.setdefault("_bench_flower_cache", types.ModuleType("c")).__dict__
-        t = time.perf_counter()
-        cold = "cfg" not in cache
-        if cold:
-            from fedkd_mpi.algorithms import build_algorithm
-            from fedkd_mpi.config import load_config
-            from fedkd_mpi.data import load_federated
-            from fedkd_mpi.metrics import metric_names
-            from fedkd_mpi.models import build_for
-            from fedkd_mpi.seeding import torch_seed
-
-            torch.set_num_threads(1)
-            cfg = load_config(spec["config"], spec["overrides"])
-            fed = load_federated(cfg.data, cfg.seed, list(range(n)))
-            model = build_for(cfg, "mentee", fed.num_classes, torch_seed(cfg.seed, "init"),
-                              cfg.model.freeze_embeddings)
-            cache.update(cfg=cfg, fed=fed, model=model, alg=build_algorithm(cfg),
-                         names=metric_names(cfg.data.metric, fed.num_classes))
-        if cid not in cache:
-            from fedkd_mpi.runtime.client import Client, make_optimizer, trainable
-
-            cl = Client(cid, cache["fed"].clients[cid], cache["alg"].new_state(cid))
-            cl.opt_shared = make_optimizer(trainable(cache["model"]), "sgd",
-                                           cache["cfg"].train.lr_mentee)
-            cache[cid] = cl
-        return cache, cache[cid], time.perf_counter() - t, cold
-
-    def load(model, msg):
-        state = msg.content["arrays"].to_torch_state_dict()
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if name in state:
-                    p.copy_(state[name])
-
-    def times(t0: float, t_setup: float, cold: bool, t_load: float, t_work: float) -> dict:
-        """Where a ClientApp function's time went (t-fn: all of it), in which process."""
-        return {"t-setup": t_setup, "cold": int(cold), "pid": os.getpid(), "t-load": t_load,
-                "t-work": t_work, "t-fn": time.perf_counter() - t0}
-
-    client = ClientApp()
-
-    @client.train()
-    def train(msg: Message, context: Context) -> Message:
-        from fedkd_mpi.runtime.client import local_train
-
-        t0 = time.perf_counter()
-        cid = int(msg.content["config"]["cid"])
-        c, cl, t_setup, cold = setup(cid)
-        model = c["model"]
-        t = time.perf_counter()
-        load(model, msg)
-        t_load = time.perf_counter() - t
-        rnd = int(msg.content["config"]["server-round"]) - 1
-        t = time.perf_counter()
-        local_train(c["alg"], cl, model, c["cfg"], rnd, torch.device("cpu"))
-        t_train = time.perf_counter() - t
-        arrays = ArrayRecord({k: p.detach() for k, p in model.named_parameters()
-                              if p.requires_grad})
-        metrics = MetricRecord({"num-examples": int(cl.data.num_train), "cid": cid,
-                                **times(t0, t_setup, cold, t_load, t_train)})
-        return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
-
-    @client.evaluate()
-    def evaluate(msg: Message, context: Context) -> Message:
-        from fedkd_mpi.metrics import evaluate as evaluate_model
-
-        t0 = time.perf_counter()
-        cid = int(msg.content["config"]["cid"])
-        c, cl, t_setup, cold = setup(cid)
-        model = c["model"]
-        t = time.perf_counter()
-        load(model, msg)
-        t_load = time.perf_counter() - t
-        t = time.perf_counter()
-        res = evaluate_model(model, cl.data.test_x, cl.data.test_y,
-                             c["cfg"].train.eval_batch_size, torch.device("cpu"), c["names"])
-        t_eval = time.perf_counter() - t
-        metrics = MetricRecord({"accuracy": float(res[c["names"][0]]),
-                                "num-examples": len(cl.data.test_y), "cid": cid,
-                                **times(t0, t_setup, cold, t_load, t_eval)})
-        return Message(RecordDict({"metrics": metrics}), reply_to=msg)
-
-    stamps: dict[str, list[float]] = {k: [] for k in ("train_send", "train_recv", "eval_send",
-                                                      "eval_recv", "end", "nodes")}
-    fn: dict[str, list[list[dict]]] = {"train": [], "eval": []}
-    out: dict = {}
-    server = ServerApp()
-
-    class Sampled(FedAvg):
-        """FedAvg whose round r trains our sampled clients (the package's sampler, same seed)
-        and evaluates every client (each round, or after the last only); messages carry the
-        client id, the supernode of that index (sorted node ids) acts as that client."""
-
-        def __init__(self, cfg, **kw):
-            super().__init__(**kw)
-            self.cfg = cfg
-
-        def _nodes(self, grid: Grid) -> list[int]:
-            while len(ids := sorted(grid.get_node_ids())) < n:
-                time.sleep(0.05)
-            if not stamps["nodes"]:
-                stamps["nodes"].append(time.perf_counter())
-            return ids
-
-        def _messages(self, grid, arrays, config, rnd, cids, kind):
-            nodes = self._nodes(grid)
-            msgs = []
-            for cid in cids:
-                cr = ConfigRecord({**dict(config), "server-round": rnd, "cid": int(cid)})
-                msgs.append(Message(content=RecordDict({"arrays": arrays, "config": cr}),
-                                    message_type=kind, dst_node_id=nodes[int(cid)]))
-            return msgs
-
-        def configure_train(self, server_round, arrays, config, grid):
-            from fedkd_mpi.runtime.sampling import round_participants
-
-            stamps["train_send"].append(time.perf_counter())
-            mask = round_participants(self.cfg.train, n, self.cfg.seed, server_round - 1)
-            return self._messages(grid, arrays, config, server_round, np.flatnonzero(mask),
-                                  MessageType.TRAIN)
-
-        def aggregate_train(self, server_round, replies):
-            stamps["train_recv"].append(time.perf_counter())
-            replies = list(replies)
-            fn["train"].append([dict(r.content["metrics"]) for r in replies
-                                if not r.has_error()])
-            return super().aggregate_train(server_round, replies)
-
-        def configure_evaluate(self, server_round, arrays, config, grid):
-            stamps["eval_send"].append(time.perf_counter())
-            if spec["eval_last"] and server_round < rounds:
-                return []
-            return self._messages(grid, arrays, config, server_round, range(n),
-                                  MessageType.EVALUATE)
-
-        def aggregate_evaluate(self, server_round, replies):
-            stamps["eval_recv"].append(time.perf_counter())
-            replies = list(replies)
-            ms = [dict(r.content["metrics"]) for r in replies if not r.has_error()]
-            fn["eval"].append(ms)
-            if ms:  # our run file's headline: the mean over clients, unweighted
-                out["final_accuracy"] = float(np.mean([m["accuracy"] for m in ms]))
-                out["client_accuracy"] = {int(m["cid"]): m["accuracy"] for m in ms}
-                out["eval_errors"] = len(replies) - len(ms)
-            return super().aggregate_evaluate(server_round, replies)
-
-    @server.main()
-    def main(grid: Grid, context: Context) -> None:
-        from fedkd_mpi.config import load_config
-        from fedkd_mpi.data import load_federated
-        from fedkd_mpi.models import build_for
-        from fedkd_mpi.seeding import torch_seed
-
-        cfg = load_config(spec["config"], spec["overrides"])
-        fed = load_federated(cfg.data, cfg.seed, [])
-        model = build_for(cfg, "mentee", fed.num_classes, torch_seed(cfg.seed, "init"),
-                          cfg.model.freeze_embeddings)
-        init = ArrayRecord({k: p.detach() for k, p in model.named_parameters()
-                            if p.requires_grad})
-        strategy = Sampled(cfg, min_train_nodes=1, min_evaluate_nodes=1,
-                           min_available_nodes=n)
-
-        def stamp(rnd: int, arrays: ArrayRecord) -> None:
-            stamps["end"].append(time.perf_counter())
-
-        strategy.start(grid=grid, initial_arrays=init, num_rounds=rounds, evaluate_fn=stamp)
-
-    t0 = time.perf_counter()
-    run_simulation(server_app=server, client_app=client, num_supernodes=n,
-                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                                   "init_args": {"num_cpus": spec["flower_cpus"],
-                                                 "include_dashboard": False}})
-    total = time.perf_counter() - t0
-    st = {k: [x - t0 for x in v] for k, v in stamps.items()}
-    ends = np.array(st["end"])  # [0]: before round 1, then after each round
-    return dict(total_s=total, round_s=np.diff(ends).tolist(), stamps=st, fn=fn, **out)
 
 
 # ------------------------------------------------------------------------------------------
@@ -330,7 +116,7 @@ def ours_job(w: dict, rep: int) -> dict:
 def flower_subprocess(a: argparse.Namespace, w: dict) -> dict:
     if not FLOWER_PY.exists():
         subprocess.run([str(ROOT / "benchmarks" / "setup_flower.sh")], check=True)
-    cmd = [str(FLOWER_PY), __file__, "--worker", json.dumps(w)]
+    cmd = [str(FLOWER_PY), str(ROOT / "benchmarks" / "flower_side.py"), json.dumps(w)]
     # On a loaded machine Ray's raylet can give up waiting for its (Python) metrics agent to
     # start ("Timed out waiting for file .../metrics_agent_port_..."): wait longer, retry once.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_DEDUP_LOGS": "0",
@@ -506,8 +292,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--workloads", default="quickstart,many",
                     help="comma-separated, of: " + ", ".join(WORKLOADS))
-    ap.add_argument("--config", default=default_config(),
-                    help="configs/scratch.yaml if present, else configs/quickstart.yaml")
+    ap.add_argument("--config", default="configs/scratch.yaml")
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (both workloads)")
     g = ap.add_argument_group("quickstart workload")
@@ -526,11 +311,7 @@ def main() -> None:
                    help="all clients evaluate after the last round only, or every round")
     ap.add_argument("--flower-cpus", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--flower-timeout", type=float, default=1800.0)
-    ap.add_argument("--worker", help=argparse.SUPPRESS)
     a = ap.parse_args()
-    if a.worker:
-        print("FLOWER_RESULT " + json.dumps(flower_job(json.loads(a.worker))), flush=True)
-        return
     names = [x.strip() for x in a.workloads.split(",") if x.strip()]
     specs = [workload(a, x) for x in names]
     print(f"config {a.config}, {a.reps} repetition(s), sides alternating; flower "
@@ -538,9 +319,10 @@ def main() -> None:
     results = {}
     for w in specs:
         rows: dict[str, list[dict]] = {"fedkd_mpi": [], "flower": []}
-        for rep in range(a.reps):
-            rows["fedkd_mpi"].append(ours_job(w, rep))
-            rows["flower"].append(flower_subprocess(a, w))
+        for rep in range(a.reps):  # sides alternate: ours first in even repetitions
+            for side in (("fedkd_mpi", "flower") if rep % 2 == 0 else ("flower", "fedkd_mpi")):
+                rows[side].append(ours_job(w, rep) if side == "fedkd_mpi"
+                                  else flower_subprocess(a, w))
             if "error" in rows["flower"][-1]:
                 print("Flower simulation failed:\n" + rows["flower"][-1]["error"])
                 sys.exit(1)
