@@ -81,19 +81,24 @@ def flower_job(spec: dict) -> dict:
         return {"t-setup": t_setup, "cold": int(cold), "pid": os.getpid(), "t-load": t_load,
                 "t-work": t_work, "t-fn": time.perf_counter() - t0}
 
+    def receive(msg: Message) -> tuple:
+        """A message's client (set up once per actor) with the message's arrays loaded:
+        (t0, cid, cache, client, t_setup, cold, t_load)."""
+        t0 = time.perf_counter()
+        cid = int(msg.content["config"]["cid"])
+        c, cl, t_setup, cold = setup(cid)
+        t = time.perf_counter()
+        load(c["model"], msg)
+        return t0, cid, c, cl, t_setup, cold, time.perf_counter() - t
+
     client = ClientApp()
 
     @client.train()
     def train(msg: Message, context: Context) -> Message:
         from fedkd_mpi.runtime.client import local_train
 
-        t0 = time.perf_counter()
-        cid = int(msg.content["config"]["cid"])
-        c, cl, t_setup, cold = setup(cid)
+        t0, cid, c, cl, t_setup, cold, t_load = receive(msg)
         model = c["model"]
-        t = time.perf_counter()
-        load(model, msg)
-        t_load = time.perf_counter() - t
         rnd = int(msg.content["config"]["server-round"]) - 1
         t = time.perf_counter()
         local_train(c["alg"], cl, model, c["cfg"], rnd, torch.device("cpu"))
@@ -108,13 +113,8 @@ def flower_job(spec: dict) -> dict:
     def evaluate(msg: Message, context: Context) -> Message:
         from fedkd_mpi.metrics import evaluate as evaluate_model
 
-        t0 = time.perf_counter()
-        cid = int(msg.content["config"]["cid"])
-        c, cl, t_setup, cold = setup(cid)
+        t0, cid, c, cl, t_setup, cold, t_load = receive(msg)
         model = c["model"]
-        t = time.perf_counter()
-        load(model, msg)
-        t_load = time.perf_counter() - t
         t = time.perf_counter()
         res = evaluate_model(model, cl.data.test_x, cl.data.test_y,
                              c["cfg"].train.eval_batch_size, torch.device("cpu"), c["names"])

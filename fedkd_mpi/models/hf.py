@@ -118,7 +118,7 @@ class HFEncoder(nn.Module):
     def __init__(self, name: str, layers: int, num_classes: int) -> None:
         super().__init__()
         path = resolve(name)
-        conf = _native_config(path)
+        conf = _native_config(name)
         if conf is not None:  # no transformers import (~5 s of CPU per process)
             from fedkd_mpi.models.bert import load
 
@@ -169,17 +169,17 @@ class HFEncoder(nn.Module):
         return EncoderOutput(logits, list(out.hidden_states[1:]), list(out.attentions))
 
 
-def _native_config(path: Path) -> dict | None:
-    """The parsed config.json if :mod:`fedkd_mpi.models.bert` builds this checkpoint (BERT
-    with model.safetensors), else None: transformers builds it."""
+def _native_config(name: str) -> dict | None:
+    """The checkpoint's parsed config.json (:func:`inspect`, cached) if
+    :mod:`fedkd_mpi.models.bert` builds it (BERT with model.safetensors), else None:
+    transformers builds it (and reports what is wrong with the folder)."""
     from fedkd_mpi.models.bert import WEIGHTS, supports
 
     try:
-        conf = json.loads((path / "config.json").read_text())
-    except (OSError, ValueError):
+        conf = inspect(name)
+    except PretrainedError:
         return None
-    ok = isinstance(conf, dict) and supports(conf) and (path / WEIGHTS).is_file()
-    return conf if ok else None
+    return conf if supports(conf) and (resolve(name) / WEIGHTS).is_file() else None
 
 
 def _auto_model():
@@ -233,7 +233,7 @@ def _first_shape_mismatch(name: str, layers: int) -> str | None:
         from safetensors import safe_open
 
         path = resolve(name)
-        native = _native_config(path)
+        native = _native_config(name)
         if native is not None:
             from fedkd_mpi.models.bert import skeleton
 

@@ -110,7 +110,7 @@ def test_hfencoder_native_equals_transformers_path(monkeypatch, k):
     state = torch.get_rng_state()
     native = build_hf(NAME, k, 3, 5, True)
     with monkeypatch.context() as m:
-        m.setattr(hf, "_native_config", lambda path: None)
+        m.setattr(hf, "_native_config", lambda name: None)
         old = build_hf(NAME, k, 3, 5, True)
     assert torch.equal(torch.get_rng_state(), state)  # build_hf forks the RNG
     assert native.native and not old.native and not native.encoder.training
