@@ -294,6 +294,20 @@ def test_cli_exit_code_and_no_mpi_import(runs, tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
 
 
+def _wait_dead(pids: list[int], timeout: float) -> None:
+    """Until every pid is gone or a zombie (a killed rank blocked in I/O dies on its return)."""
+    end = time.monotonic() + timeout
+    for pid in pids:
+        while time.monotonic() < end:
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                break
+            if state in ("Z", "X", "x"):
+                break
+            time.sleep(0.05)
+
+
 def _descendants(pid: int) -> list[int]:
     """Every live descendant of pid (from /proc), children first."""
     children: dict[int, list[int]] = {}
@@ -346,6 +360,7 @@ def test_report_on_killed_run(tmp_path, capsys):
             except ProcessLookupError:
                 pass
         proc.wait(timeout=30)
+        _wait_dead(pids, timeout=30)  # SIGKILL lands when a rank leaves an uninterruptible write
     with h5py.File(path, "r", libver="latest", swmr=True) as f:
         rows = min(len(f[g][k]) for g in ("rounds", "clients", "timing") for k in f[g])
         status = f.attrs["status"]
