@@ -2,9 +2,9 @@
 """Compare two run files bit for bit: every dataset and attribute except wall-clock fields.
 
 Usage: h5_identical.py [--new-attrs a,b] A.h5 B.h5 [A2.h5 B2.h5 ...]
-Excluded (they measure time, memory or the host, never results): timing/, memory/, the
-*_time_s datasets, run/heartbeat_unix, and the attributes created_unix, devices, config,
-fedkd_mpi_version.
+Excluded (they measure time, memory or the host, or name the job, never results): timing/,
+memory/, the *_time_s datasets, run/heartbeat_unix, and the attributes created_unix, devices,
+config, fedkd_mpi_version, writer, run_id (random per run) and lease_takeovers.
 ``--new-attrs``: root attributes that B may add (a format extension), ignored when A lacks them;
 a name with a '/' is a dataset B may add (e.g. run/status, run/error of format 3).
 Exit 0 when every pair matches, 1 otherwise (each difference printed).
@@ -19,7 +19,8 @@ import numpy as np
 
 SKIP_GROUPS = ("timing/", "memory/")
 SKIP_ATTRS = {"created_unix", "devices", "config", "fedkd_mpi_version", "mpi_library",
-              "torch_version", "resumed_unix", "heartbeat_unix", "writer"}
+              "torch_version", "resumed_unix", "heartbeat_unix", "writer", "run_id",
+              "lease_takeovers"}
 SKIP_DATASETS = {"run/heartbeat_unix"}
 
 

@@ -267,6 +267,9 @@ class RuntimeConfig(_Strict):
                                  "rank 0 after every round with the round's record")
     tensorboard: str | None = Field(None, description="directory for TensorBoard event files "
                                     "(per-round and per-client scalars); None: off")
+    lease_timeout_s: float = Field(120.0, ge=5.0, le=86400.0, description="seconds without a "
+                                   "heartbeat after which the lease <output>.lock of a job on "
+                                   "another host counts as stale (taken over)")
 
 
 class Config(_Strict):

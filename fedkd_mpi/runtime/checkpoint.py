@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +36,11 @@ from mpi4py import MPI
 from fedkd_mpi.comm.mpi import wait
 from fedkd_mpi.config import CHECKPOINT_MANIFEST as MANIFEST
 from fedkd_mpi.config import Config, ConfigError, checkpoint_dir
+from fedkd_mpi.runtime import manifest
+from fedkd_mpi.runtime.manifest import FORMAT
 from fedkd_mpi.runtime.residency import atomic_save, load_tree, write_atomic
 from fedkd_mpi.runtime.stop import StopFlag  # noqa: F401 (the run's stop flag)
 
-FORMAT = 2  # 2: typed client state (ClientState: codec + algorithm state)
 #: exit status of a run that checkpointed on a signal and stopped (resume with --resume)
 EXIT_INTERRUPTED = 3
 #: config sections that may differ on resume (they do not change the results)
@@ -68,11 +70,12 @@ def _first_difference(a: Any, b: Any, path: str = "") -> str | None:
 
 
 def read_manifest(root: Path) -> dict[str, Any] | None:
+    """The verified manifest in ``root`` (checksum, format, schema), None when there is none
+    or it does not verify (rank 0's :func:`check_resumable` says why)."""
     try:
-        man = json.loads((root / MANIFEST).read_text())
-    except (OSError, ValueError):
+        return manifest.load(root / MANIFEST)
+    except ConfigError:
         return None
-    return man if isinstance(man, dict) and isinstance(man.get("dir"), str) else None
 
 
 def file_digest(man: dict[str, Any] | None, name: str) -> str | None:
@@ -91,17 +94,18 @@ def _run_file_facts(path: Path) -> tuple[str, int, dict[str, Any], str | None]:
     not a readable fedkd_mpi run file."""
     from fedkd_mpi.storage.h5 import open_live, run_state
     from fedkd_mpi.storage.liveness import complete_rounds
+    from fedkd_mpi.storage.reading import UnreadableRunFile, read_error
 
-    try:
+    try:  # in bounded time, damaged or not (storage/reading.py)
         with open_live(path) as f:
             state = run_state(f)
             rows = complete_rounds(f)
             text = f.attrs.get("config", "")
             text = text.decode() if isinstance(text, bytes) else str(text)
-    except OSError as exc:
-        raise ConfigError(f"resume error: 'output' file {path} is not a readable run file "
-                          f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
-                          ) from None
+    except UnreadableRunFile as exc:  # damaged, empty, not HDF5: the file is left as it is
+        raise ConfigError(f"resume error: {exc}") from None
+    except (OSError, RuntimeError, KeyError) as exc:
+        raise ConfigError(f"resume error: {read_error(path, exc)}") from None
     try:
         stored = yaml.safe_load(text) or {}
     except yaml.YAMLError:
@@ -120,14 +124,13 @@ def check_resumable(cfg: Config, world_size: int) -> dict[str, Any]:
     if not out.is_file():
         raise ConfigError(f"resume error: 'output' file {cfg.output} does not exist; run "
                           "without --resume to start a new run")
-    man = read_manifest(root)
     no_checkpoint = ConfigError(f"resume error: no complete checkpoint in {root} (no "
                                 f"{MANIFEST}); set runtime.checkpoint_every or signal the run "
                                 "to write one")
     try:
         status, rows, stored, writer = _run_file_facts(out)
     except ConfigError:
-        if man is None:
+        if not (root / MANIFEST).exists():
             raise no_checkpoint from None
         raise
     if status == "completed":
@@ -141,11 +144,9 @@ def check_resumable(cfg: Config, world_size: int) -> dict[str, Any]:
         host, pid, _ = str(writer).rsplit(":", 2)
         raise ConfigError(f"resume error: {cfg.output} is still being written by a live run "
                           f"(pid {pid} on {host}); stop it first (SIGTERM checkpoints it)")
+    man = manifest.load(root / MANIFEST)  # a damaged or edited one: one line, here
     if man is None or not (root / man["dir"]).is_dir():
         raise no_checkpoint
-    if man.get("format") != FORMAT:
-        raise ConfigError(f"resume error: checkpoint format {man.get('format')} in {root}, "
-                          f"expected {FORMAT}")
     diff = _first_difference(science(cfg), man.get("config", {}))
     if diff:
         raise ConfigError(f"resume error: the checkpoint in {root} is from a different "
@@ -166,7 +167,17 @@ def check_resumable(cfg: Config, world_size: int) -> dict[str, Any]:
         raise ConfigError(f"resume error: the checkpoint in {root} is not from the run in "
                           f"{cfg.output} ({why}); start a new run or restore the matching "
                           "file")
+    manifest.cross_check(man, root / MANIFEST, _checkpoint_record(out), cfg.output, world_size,
+                         cfg.data.num_clients)
     return man
+
+
+def _checkpoint_record(path: Path) -> dict[str, Any]:
+    """The run file's id and record of checkpoint manifests (already found readable)."""
+    from fedkd_mpi.storage.h5 import checkpoint_record, open_live
+
+    with open_live(path) as f:
+        return checkpoint_record(f)
 
 
 def drop_checkpoint(cfg: Config) -> None:
@@ -251,6 +262,9 @@ class Checkpointer:
         self.root = checkpoint_dir(cfg)
         self.rank = comm.Get_rank()
         self.last_round = -1
+        self.run_id = ""  # rank 0: the run file's id, which every manifest carries
+        #: rank 0: records a manifest in the run file: (slot, round, sha256), see RunWriter
+        self.recorder: Callable[[int, int, str], None] | None = None
 
     def save(self, rounds_done: int, store: Any, server: dict[str, Any] | None) -> None:
         """Collective: rank 0 creates the round directory, every rank writes its files
@@ -290,11 +304,16 @@ class Checkpointer:
             merged = {k: v for part in [files, *every[1:]] for k, v in part.items()}
             man = {"format": FORMAT, "round": rounds_done, "dir": name,
                    "world_size": self.comm.Get_size(), "num_clients": self.cfg.data.num_clients,
-                   "config": science(self.cfg),
+                   "run_id": self.run_id, "config": science(self.cfg),
                    "config_yaml": yaml.safe_dump(science(self.cfg), sort_keys=False),
                    "files": merged}
-            write_atomic(json.dumps(man, indent=1).encode(), self.root / MANIFEST,
-                         "the checkpoint manifest", durable=True)
+            digest = manifest.manifest_digest(man)
+            if self.recorder is not None:  # recorded before it exists, then as committed
+                self.recorder(1, rounds_done, digest)
+            write_atomic(manifest.seal(man), self.root / MANIFEST, "the checkpoint manifest",
+                         durable=True)
+            if self.recorder is not None:
+                self.recorder(0, rounds_done, digest)
             for old in self.root.glob("round_*"):  # earlier (or orphaned) checkpoints
                 if old.name != name:
                     shutil.rmtree(old, ignore_errors=True)

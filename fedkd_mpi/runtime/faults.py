@@ -38,6 +38,7 @@ from mpi4py import MPI
 
 from fedkd_mpi.comm.mpi import RemoteFault, report_fault
 from fedkd_mpi.runtime.client import Client, NonFiniteError
+from fedkd_mpi.storage.lease import release_current
 
 
 def one_line(exc: BaseException) -> str | None:
@@ -96,6 +97,7 @@ def abort_job(comm: MPI.Intracomm, exc: BaseException) -> NoReturn:
         time.sleep(grace)
     else:
         time.sleep(1.0)
+    release_current()  # rank 0: the output is free for a resume at once (no-op elsewhere)
     comm.Abort(1)
     raise SystemExit(1)  # not reached
 

@@ -30,7 +30,24 @@ from fedkd_mpi.config import (
     load_config,
 )
 from fedkd_mpi.runtime.stop import StopFlag
+from fedkd_mpi.storage.lease import Lease, LeaseHeld, hold, release_current
 from fedkd_mpi.storage.paths import check_written_paths, output_space_error, spill_dir_error
+
+
+def take_lease(cfg: Config, command: str) -> Lease:
+    """Rank 0: this job's lease on the output (one owner per output across hosts), its
+    heartbeat running; ConfigError (one line naming the owner) when a live job holds it."""
+    lease = Lease(cfg.output, command, cfg.runtime.lease_timeout_s)
+    try:
+        lease.acquire()
+    except LeaseHeld as exc:
+        raise ConfigError(f"launch error: {exc}") from None
+    except OSError as exc:  # the output's directory: its own check says what is wrong
+        check_written_paths(cfg, True)
+        raise ConfigError(f"config error: 'output': cannot create the lease file {lease.path} "
+                          f"beside it ({exc.strerror or exc})") from None
+    hold(lease)
+    return lease.start_heartbeat()
 
 
 def static_checks(cfg: Config, world_size: int, overwrite: bool) -> None:
@@ -46,7 +63,6 @@ def static_checks(cfg: Config, world_size: int, overwrite: bool) -> None:
             f"{cfg.data.num_clients}; use mpiexec -n <= {cfg.data.num_clients + 1} or raise "
             "data.num_clients"
         )
-    check_written_paths(cfg, overwrite)
 
 
 def checkpoint_files_error(cfg: Config, rank: int, cids: list[int]) -> str:
@@ -130,6 +146,8 @@ def launch(config_path: str | None, overrides: list[str], overwrite: bool,
     try:
         return _launch(config_path, overrides, overwrite, comm, resume, stop)
     finally:
+        release_current()  # rank 0: the output's lease (a no-op elsewhere)
+        hold(None)
         stop.restore()
 
 
@@ -137,6 +155,7 @@ def _launch(config_path: str | None, overrides: list[str], overwrite: bool,
             comm: MPI.Intracomm, resume: bool, stop: StopFlag) -> int:
     rank = comm.Get_rank()
     cfg: Config | None = None
+    lease: Lease | None = None
     error = note = ""
     if rank == 0:
         from fedkd_mpi.runtime.checkpoint import NothingToResume
@@ -144,6 +163,8 @@ def _launch(config_path: str | None, overrides: list[str], overwrite: bool,
         try:
             cfg = load_config(config_path, overrides)
             static_checks(cfg, comm.Get_size(), overwrite or resume)
+            lease = take_lease(cfg, "resume" if resume else "run")
+            check_written_paths(cfg, overwrite or resume)  # under the lease: no job races it
             if resume:  # before the (slower) preflight: a complete run needs nothing else
                 from fedkd_mpi.runtime.checkpoint import check_resumable
 
@@ -177,6 +198,7 @@ def _launch(config_path: str | None, overrides: list[str], overwrite: bool,
     from fedkd_mpi.runtime.checkpoint import EXIT_INTERRUPTED, agree
     from fedkd_mpi.runtime.devices import node_info, select_device
     from fedkd_mpi.runtime.job import run, setup
+    from fedkd_mpi.runtime.shared_dir import checkpoint_dir_error
     from fedkd_mpi.runtime.summary import run_attrs
 
     torch.set_num_threads(cfg.runtime.torch_threads)
@@ -185,6 +207,7 @@ def _launch(config_path: str | None, overrides: list[str], overwrite: bool,
     placement = Placement(cfg.data.num_clients, comm.Get_size())
     cids = placement.clients_of(rank)
     fed = ctx = None
+    error = checkpoint_dir_error(cfg, comm) or error  # collective: every rank takes part
     if not error and rank > 0:
         error = spill_dir_error(cfg, len(cids), MPI.Get_processor_name())
     if not error:
@@ -214,6 +237,8 @@ def _launch(config_path: str | None, overrides: list[str], overwrite: bool,
         return EXIT_INTERRUPTED
     devices = gather_text(comm, f"rank {rank} on {MPI.Get_processor_name()}: {device}")
     attrs = run_attrs(cfg, comm, devices or [], fed)
+    if lease is not None and lease.takeover:
+        attrs["lease_takeovers"] = [lease.takeover]
     if rank == 0:
         print(f"fedkd-mpi: {cfg.algorithm}, {cfg.data.num_clients} clients on "
               f"{comm.Get_size() - 1} client ranks, {cfg.train.rounds} rounds -> {cfg.output}",

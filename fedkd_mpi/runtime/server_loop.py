@@ -28,6 +28,7 @@ from fedkd_mpi.runtime.observers import Observers
 from fedkd_mpi.runtime.sampling import round_participants
 from fedkd_mpi.runtime.summary import print_summary, writer_for
 from fedkd_mpi.storage.h5 import RunWriter
+from fedkd_mpi.storage.lease import lost as lost_lease
 
 
 def server_main(ctx: Context, fed: FederatedData, attrs: dict[str, object]) -> int:
@@ -39,13 +40,15 @@ def server_main(ctx: Context, fed: FederatedData, attrs: dict[str, object]) -> i
     own (there is nothing left to resume)."""
     observers = Observers(ctx.cfg)
     writer = writer_for(ctx, fed, attrs)
+    ctx.ckpt.run_id, ctx.ckpt.recorder = writer.run_id, writer.record_checkpoint
     if ctx.start == 0:
         drop_checkpoint(ctx.cfg)
     try:
         done, code = _loop(ctx, fed, writer, observers)
     except BaseException as exc:
         writer.close("failed", describe(exc), strict=False)
-        ctx.ckpt.discard_incomplete()  # a checkpoint that failed half-way: no partial files
+        if not lost_lease():  # the checkpoint directory is another job's now: leave it
+            ctx.ckpt.discard_incomplete()  # a checkpoint that failed half-way: no partials
         raise
     finally:
         observers.close()
@@ -194,6 +197,9 @@ def _loop(ctx: Context, fed: FederatedData, writer: RunWriter,
             bar.update()
         else:
             print(line, flush=True)
+        taken = lost_lease()
+        if taken:  # never two jobs writing one output: this one stops, failed
+            raise RuntimeError(f"{taken}; this run stops after round {rnd + 1}")
         if round_boundary(ctx, rnd, None):
             bar.close()
             return rnd + 1, EXIT_INTERRUPTED

@@ -16,7 +16,7 @@ from fedkd_mpi.config import Config
 from fedkd_mpi.data import FederatedData
 from fedkd_mpi.metrics import metric_names
 from fedkd_mpi.runtime.context import Context
-from fedkd_mpi.storage.h5 import RunWriter, open_live
+from fedkd_mpi.storage.h5 import RunWriter, open_live, writer_id
 from fedkd_mpi.tensors import TensorSpec
 
 
@@ -50,9 +50,13 @@ def writer_for(ctx: Context, fed: FederatedData, attrs: dict[str, object]) -> Ru
         with open_live(cfg.output) as f:
             before = [int(x) for x in f.attrs.get("resumed_from_round", [])]
             unix = [float(x) for x in f.attrs.get("resumed_unix", [])]
+            notes = [str(x) for x in f.attrs.get("lease_takeovers", [])]
+        more = {"lease_takeovers": [*notes, *attrs["lease_takeovers"]]} \
+            if "lease_takeovers" in attrs else {}
         writer = RunWriter.resume(cfg.output, ctx.start, {
             "resumed_from_round": np.array([*before, ctx.start], np.int64),
-            "resumed_unix": np.array([*unix, time.time()]), "devices": attrs["devices"]})
+            "resumed_unix": np.array([*unix, time.time()]), "devices": attrs["devices"],
+            **more})
         return writer
     static = {"partition/num_train": fed.sizes.astype(np.int64)}
     if fed.label_hist is not None:
@@ -73,7 +77,12 @@ def print_summary(cfg: Config) -> None:
 
     from fedkd_mpi.analysis.reader import load
 
-    s = load(cfg.output).summary
+    run = load(cfg.output)
+    if run.attrs.get("writer") != writer_id():  # never another job's figures as our own
+        raise RuntimeError(f"{cfg.output} was written by another process "
+                           f"({run.attrs.get('writer')}) after this run closed it; its "
+                           "summary is not this run's")
+    s = run.summary
     print(tabulate([["algorithm", s.algorithm], ["rounds", s.rounds_completed],
                     ["clients", s.num_clients]], tablefmt="plain", disable_numparse=True))
     rows = [[name, _fmt(s.final[f"mentor_{name}"]), _fmt(s.final[f"mentee_{name}"]),

@@ -23,6 +23,7 @@ import os
 import socket
 import sys
 import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -40,6 +41,8 @@ from fedkd_mpi.storage.schema import (
     ERROR_BYTES,
     FORMAT_VERSION,
     ROUND_FIELDS,
+    RUN_CHECKPOINT_ROUND,
+    RUN_CHECKPOINT_SHA256,
     RUN_ERROR,
     RUN_GROUP,
     RUN_HEARTBEAT,
@@ -88,10 +91,34 @@ def _fixed(text: str, nbytes: int) -> np.bytes_:
     return np.bytes_(raw.decode("utf-8", "ignore").encode("utf-8"))
 
 
-def _create_run_group(f: h5py.File, status: str = "running") -> None:
+def _create_run_group(f: h5py.File, status: str = "running",
+                      checkpoints: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+    """``run/``: status, error, heartbeat and the checkpoint record (``checkpoints``: the
+    rounds and SHA-256s to keep, on resume)."""
+    rounds, digests = checkpoints or (np.full(2, -1, np.int64), np.array([b"", b""], "S64"))
     f.create_dataset(RUN_STATUS, data=_fixed(status, STATUS_BYTES), dtype=f"S{STATUS_BYTES}")
     f.create_dataset(RUN_ERROR, data=_fixed("", ERROR_BYTES), dtype=f"S{ERROR_BYTES}")
     f.create_dataset(RUN_HEARTBEAT, data=time.time(), dtype=np.float64)
+    f.create_dataset(RUN_CHECKPOINT_ROUND, data=np.asarray(rounds, np.int64))
+    f.create_dataset(RUN_CHECKPOINT_SHA256, data=np.asarray(digests, "S64"))
+
+
+def checkpoint_record(f: h5py.File) -> dict[str, object]:
+    """The run's id and the checkpoint manifests its writer recorded (rounds, SHA-256s;
+    empty lists for a file from before the record)."""
+    rounds: list[int] = []
+    digests: list[str] = []
+    r, d = f.get(RUN_CHECKPOINT_ROUND), f.get(RUN_CHECKPOINT_SHA256)
+    if isinstance(r, h5py.Dataset) and isinstance(d, h5py.Dataset):
+        for ds in (r, d):
+            try:
+                ds.refresh()
+            except Exception:  # not opened for SWMR reading
+                pass
+        rounds = [int(x) for x in r[()]]
+        digests = [_text(x) for x in d[()]]
+    return {"run_id": _text(f.attrs.get("run_id", "")) or None, "rounds": rounds,
+            "sha256": digests}
 
 
 def estimate_file_bytes(num_clients: int, world_size: int, num_layers: int, rounds: int,
@@ -135,6 +162,7 @@ class RunWriter:
             f.attrs["format_version"] = FORMAT_VERSION
             f.attrs["status"] = "running"
             f.attrs["writer"] = writer_id()
+            f.attrs["run_id"] = uuid.uuid4().hex  # kept by every resume of this run
             _create_run_group(f)
             for name in ROUND_FIELDS:
                 f.create_dataset(f"rounds/{name}", (0,), maxshape=(None,),
@@ -212,9 +240,14 @@ class RunWriter:
             dst.attrs["writer"] = writer_id()
             if "error" in dst.attrs:  # the failure that ended the previous attempt
                 del dst.attrs["error"]
+            if "run_id" not in dst.attrs:  # a file from before run ids
+                dst.attrs["run_id"] = uuid.uuid4().hex
+            kept = None
+            if RUN_CHECKPOINT_ROUND in dst:  # the checkpoints stay resumable
+                kept = (dst[RUN_CHECKPOINT_ROUND][()], dst[RUN_CHECKPOINT_SHA256][()])
             if RUN_GROUP in dst:
                 del dst[RUN_GROUP]
-            _create_run_group(dst)
+            _create_run_group(dst, checkpoints=kept)
             dst.swmr_mode = True
             os.replace(tmp, path)
         except BaseException as exc:
@@ -276,6 +309,31 @@ class RunWriter:
             _reraise(exc, "the run file", self.path)
         self.rows += 1
 
+    @property
+    def run_id(self) -> str:
+        assert self.f is not None, "writer closed"
+        return _text(self.f.attrs["run_id"])
+
+    def record_checkpoint(self, slot: int, rnd: int, digest: str) -> None:
+        """Record the checkpoint manifest of round ``rnd`` (SHA-256 ``digest``): slot 1 before
+        it is written, slot 0 once it is (slot 1 cleared then), so a kill at any moment
+        leaves the manifest on disk recorded. In place, flushed; a failure raises."""
+        if self.f is None or self.broken:
+            raise RuntimeError(f"{self.path}: the run file is closed; the checkpoint of round "
+                               f"{rnd} cannot be recorded")
+        rounds, digests = self._ds[RUN_CHECKPOINT_ROUND], self._ds[RUN_CHECKPOINT_SHA256]
+        r, d = rounds[()], digests[()]
+        r[slot], d[slot] = rnd, digest.encode()
+        if slot == 0:
+            r[1], d[1] = -1, b""
+        try:
+            rounds[()] = r
+            digests[()] = d
+            self.f.flush()
+        except Exception as exc:
+            self.broken = True
+            _reraise(exc, "the run file", self.path)
+
     def heartbeat(self) -> None:
         """Record that the writer is alive (after work between appends, e.g. a checkpoint);
         best effort: an overwrite in place, nothing allocated."""
@@ -303,6 +361,9 @@ class RunWriter:
         failure: BaseException | None = None
         try:
             try:
+                if status == "completed" and RUN_CHECKPOINT_ROUND in self._ds:
+                    self._ds[RUN_CHECKPOINT_ROUND][()] = np.full(2, -1, np.int64)  # none left
+                    self._ds[RUN_CHECKPOINT_SHA256][()] = np.array([b"", b""], "S64")
                 self._ds[RUN_STATUS][()] = _fixed(status, STATUS_BYTES)
                 self._ds[RUN_ERROR][()] = _fixed(error or "", ERROR_BYTES)
                 self._ds[RUN_HEARTBEAT][()] = time.time()
@@ -394,11 +455,9 @@ def _put(ds: h5py.Dataset, i: int, value: object) -> None:
 
 
 def open_live(path: str | Path) -> h5py.File:
-    """Open a run file for reading, following a live writer when it is in SWMR mode."""
-    try:
-        return h5py.File(path, "r", libver="latest", swmr=True)
-    except OSError:
-        return h5py.File(path, "r")
+    """Open a run file for reading in bounded time, live or not (storage/reading.py)."""
+    from fedkd_mpi.storage.reading import open_run
+    return open_run(path)
 
 
 def _text(value: object) -> str:

@@ -35,6 +35,10 @@ RUN_GROUP = "run"
 RUN_STATUS = "run/status"  # fixed-length ASCII, STATUS_BYTES
 RUN_ERROR = "run/error"  # fixed-length UTF-8, ERROR_BYTES ('' unless failed)
 RUN_HEARTBEAT = "run/heartbeat_unix"  # float64: the writer's last sign of life (unix time)
+#: int64 [2] / S64 [2]: the checkpoint manifest committed (slot 0) and being written (slot 1);
+#: round -1 and '' where none (runtime/manifest.py checks a manifest against them)
+RUN_CHECKPOINT_ROUND = "run/checkpoint_round"
+RUN_CHECKPOINT_SHA256 = "run/checkpoint_sha256"
 STATUS_BYTES = 16
 ERROR_BYTES = 1024
 

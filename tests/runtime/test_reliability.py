@@ -413,7 +413,8 @@ def _copy(src: Path, dst_dir: Path) -> Path:
 @pytest.mark.parametrize("legacy", [False, True], ids=["checksums", "no-checksums"])
 def test_a_shard_of_another_client_is_refused(tmp_path, interrupted, legacy):
     """client_0000001.pt copied over client_0000002.pt: refused in one line, file untouched
-    (by its checksum; in a manifest from before checksums, by the client id inside)."""
+    (by its checksum); a manifest stripped of its file checksums (as written before them) is
+    refused as edited: it no longer matches its own checksum."""
     out = _copy(interrupted, tmp_path)
     ck = Path(f"{out}.ckpt")
     d = ck / "round_000001"
@@ -427,10 +428,13 @@ def test_a_shard_of_another_client_is_refused(tmp_path, interrupted, legacy):
                   timeout=120)
     assert res.returncode == 2
     (line,) = _lines(res.stderr)
-    why = ("it holds client 1's state, not client 2's" if legacy
-           else "its SHA-256 differs from the one in the manifest")
-    assert line == (f"resume error: checkpoint file {d / 'client_0000002.pt'} is corrupt "
-                    f"({why}); restore it or start a new run")
+    if legacy:
+        assert line.startswith(f"resume error: the checkpoint manifest {ck / 'manifest.json'} "
+                               "does not match its own checksum"), line
+    else:
+        assert line == (f"resume error: checkpoint file {d / 'client_0000002.pt'} is corrupt "
+                        "(its SHA-256 differs from the one in the manifest); restore it or "
+                        "start a new run")
     assert _digest(out) == before
 
 

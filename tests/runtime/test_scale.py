@@ -3,8 +3,6 @@ memory budget, device choice, resume validation."""
 
 from __future__ import annotations
 
-import json
-
 import h5py
 import numpy as np
 import pytest
@@ -16,7 +14,7 @@ from fedkd_mpi.algorithms.base import AlgState, ClientState
 from fedkd_mpi.codecs.topk import TopKState
 from fedkd_mpi.config import Config, ConfigError, config_from_dict
 from fedkd_mpi.data import ClientData
-from fedkd_mpi.runtime import checkpoint, sampling
+from fedkd_mpi.runtime import checkpoint, manifest, sampling
 from fedkd_mpi.runtime.client import Client
 from fedkd_mpi.runtime.devices import NodeInfo, choose_device
 from fedkd_mpi.runtime.residency import (
@@ -177,16 +175,24 @@ def test_resume_checks_are_one_line(tmp_path):
     cfg = Config(output=str(out))
     with pytest.raises(ConfigError, match="does not exist"):
         checkpoint.check_resumable(cfg, 3)
+    man = {"format": checkpoint.FORMAT, "round": 2, "dir": "round_000002", "world_size": 3,
+           "num_clients": cfg.data.num_clients, "run_id": "r1",
+           "config": checkpoint.science(cfg),
+           "files": {n: ["0" * 64, 1] for n in ("server.pt", "rank_0000.pt", "rank_0001.pt",
+                                                "rank_0002.pt", *(f"client_{c:07d}.pt" for c
+                                                                  in range(cfg.data.num_clients)))}}
     with h5py.File(out, "w") as f:  # a run file stopped after round 2 (resume reads it)
         f.attrs["config"], f.attrs["status"] = cfg.to_yaml(), "interrupted"
+        f.attrs["run_id"] = "r1"
         f.create_dataset("rounds/round", data=[1, 2], maxshape=(None,))
+        f.create_dataset("run/checkpoint_round", data=[2, -1])
+        f.create_dataset("run/checkpoint_sha256", data=np.array(
+            [manifest.manifest_digest(man).encode(), b""], "S64"))
     with pytest.raises(ConfigError, match="no complete checkpoint"):
         checkpoint.check_resumable(cfg, 3)
     root = checkpoint.checkpoint_dir(cfg)
     (root / "round_000002").mkdir(parents=True)
-    man = {"format": checkpoint.FORMAT, "round": 2, "dir": "round_000002", "world_size": 3,
-           "config": checkpoint.science(cfg)}
-    (root / checkpoint.MANIFEST).write_text(json.dumps(man))
+    (root / checkpoint.MANIFEST).write_bytes(manifest.seal(man))
     assert checkpoint.check_resumable(cfg, 3)["round"] == 2
     free = cfg.model_copy(update={"runtime": cfg.runtime.model_copy(update={
         "checkpoint_every": 9})})
