@@ -27,6 +27,7 @@ import torch
 from fedkd_mpi.config import CHECKPOINT_MANIFEST
 from fedkd_mpi.runtime.client import Client
 from fedkd_mpi.storage.disk import storage_error
+from fedkd_mpi.storage.janitor import remove_when_gone
 
 
 def client_state(cl: Client) -> dict[str, Any]:
@@ -163,11 +164,13 @@ class ClientStore:
         self.resident: OrderedDict[int, Client] = OrderedDict()
         self.spilled: set[int] = set()
         self.loads = self.spills = 0
+        self.digests: dict[int, str] = {}  # SHA-256 of each spilled file, as written
         self.dir: Path | None = None
         if self.capacity is not None:
             base = Path(spill_root or tempfile.gettempdir())
             base.mkdir(parents=True, exist_ok=True)
             self.dir = Path(tempfile.mkdtemp(prefix=f"fedkd_mpi-spill-r{rank}-", dir=base))
+            remove_when_gone(self.dir)
 
     def _path(self, cid: int) -> Path:
         assert self.dir is not None
@@ -182,13 +185,14 @@ class ClientStore:
         if self.capacity is not None:  # make room first: never capacity + 1 in memory
             while len(self.resident) >= self.capacity:
                 old, ocl = self.resident.popitem(last=False)
-                atomic_save(client_state(ocl), self._path(old), "a spilled client state")
+                self.digests[old], _ = atomic_save(client_state(ocl), self._path(old),
+                                                   "a spilled client state")
                 self.spilled.add(old)
                 self.spills += 1
                 del ocl
         cl = self.factory(cid)
         if cid in self.spilled:
-            load_client_state(cl, load_tree(self._path(cid), self.device))
+            load_client_state(cl, self._read_spilled(cid))
             self.loads += 1
         self.resident[cid] = cl
         return cl
@@ -200,7 +204,11 @@ class ClientStore:
         if cid in self.resident:
             return atomic_save(client_state(self.resident[cid]), path, what, durable=True)
         if cid in self.spilled:
-            return copy_atomic(self._path(cid), path, what, durable=True)
+            digest = copy_atomic(self._path(cid), path, what, durable=True)
+            if digest[0] != self.digests[cid]:
+                path.unlink(missing_ok=True)
+                raise self._changed(cid)
+            return digest
         # never touched: its initial state
         return atomic_save(client_state(self.factory(cid)), path, what, durable=True)
 
@@ -208,7 +216,7 @@ class ClientStore:
         """Take client ``cid``'s state from a checkpoint file (resume): the bytes are checked
         against the checkpoint manifest's checksum and the state must be client ``cid``'s."""
         self.resident.pop(cid, None)
-        data = read_verified(path, manifest_digest(path))
+        data = read_verified(path, manifest_digest(path))  # every file is named (format 3)
         cl = self.factory(cid)
         try:
             saved = torch.load(io.BytesIO(data), map_location=self.device, weights_only=True)
@@ -218,9 +226,21 @@ class ClientStore:
                                   "run") from None
         if self.dir is not None:
             write_atomic(data, self._path(cid), "a spilled client state")
+            self.digests[cid] = hashlib.sha256(data).hexdigest()
             self.spilled.add(cid)
         else:
             self.resident[cid] = cl
+
+    def _changed(self, cid: int) -> CheckpointError:
+        return CheckpointError(f"the spilled state of client {cid} ({self._path(cid)}) is not "
+                               "what this rank wrote (its SHA-256 differs): the node-local "
+                               "spill directory was changed or damaged during the run")
+
+    def _read_spilled(self, cid: int) -> dict[str, Any]:
+        try:
+            return load_tree(self._path(cid), self.device, sha256=self.digests[cid])
+        except CheckpointError:
+            raise self._changed(cid) from None
 
     def states(self) -> LazyStates:
         return LazyStates(self)

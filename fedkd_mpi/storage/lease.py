@@ -98,6 +98,7 @@ class Lease:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.held = False
+        self.created: list[Path] = []  # folders made for the lease, innermost first
 
     def _content(self) -> bytes:
         return json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
@@ -112,6 +113,11 @@ class Lease:
     def acquire(self) -> Lease:
         """Take the lease, or raise :class:`LeaseHeld` (one line naming the owner); OSError
         when the directory cannot hold it."""
+        parent = self.path.parent
+        while not parent.exists() and parent != parent.parent:  # the output's new folders
+            self.created.append(parent)
+            parent = parent.parent
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self._tmp("new")
         tmp.write_bytes(self._content())
         try:
@@ -186,6 +192,12 @@ class Lease:
             if holder is not None and holder.job == self.job:
                 self.path.unlink(missing_ok=True)
             self.held = False
+        for d in self.created:  # left only if the run wrote nothing into them
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        self.created = []
 
 
 _current: Lease | None = None

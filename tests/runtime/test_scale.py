@@ -3,6 +3,8 @@ memory budget, device choice, resume validation."""
 
 from __future__ import annotations
 
+import shutil
+
 import h5py
 import numpy as np
 import pytest
@@ -18,6 +20,7 @@ from fedkd_mpi.runtime import checkpoint, manifest, sampling
 from fedkd_mpi.runtime.client import Client
 from fedkd_mpi.runtime.devices import NodeInfo, choose_device
 from fedkd_mpi.runtime.residency import (
+    CheckpointError,
     ClientStore,
     budget_error,
     client_state,
@@ -202,3 +205,22 @@ def test_resume_checks_are_one_line(tmp_path):
         checkpoint.check_resumable(other, 3)
     with pytest.raises(ConfigError, match="mpiexec -n 3"):
         checkpoint.check_resumable(cfg, 5)
+
+
+def test_a_spilled_state_changed_on_disk_is_refused(tmp_path):
+    """A spilled file is read back only if it is what this rank wrote (its SHA-256)."""
+    store = ClientStore([0, 1], _factory, capacity=1, spill_root=str(tmp_path), rank=1)
+    _train(store.get(0))
+    store.get(1)  # client 0 spilled
+    other = ClientStore([0, 1], _factory, capacity=1, spill_root=str(tmp_path), rank=1)
+    other.get(1)
+    other.get(0)  # client 1 spilled: a valid state file, but not client 0's
+    shutil.copy(other._path(1), store._path(0))
+    with pytest.raises(CheckpointError, match=r"the spilled state of client 0 \(.*\) is not "
+                       "what this rank wrote"):
+        store.get(0)
+    with pytest.raises(CheckpointError, match="spilled state of client 0"):
+        store.save_to(0, tmp_path / "ck.pt")
+    assert not (tmp_path / "ck.pt").exists()
+    store.close()
+    other.close()
