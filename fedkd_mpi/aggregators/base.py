@@ -3,9 +3,20 @@
 ``aggregate(updates, num_samples)`` gets the round's participating updates in client-id
 order (each a list of float32 tensors, decoded when read: iterate once to stream) and the
 training-set size of each; it returns float32 tensors of the same shapes. The codec re-encodes
-the result. A linear aggregator also answers ``weights(num_samples)`` (the mean is
-sum w_i u_i / sum w_i), which lets a codec average in its own domain (SVD factors) instead.
-Order-independent results and float64 accumulation keep the run deterministic.
+the result. Order-independent results and float64 accumulation keep the run deterministic.
+
+Two kinds, declared, never guessed:
+
+* a plain weighted mean answers ``weights(num_samples)`` (the mean is sum w_i u_i / sum w_i)
+  and does not override ``aggregate``: :meth:`Aggregator.foldable_weights` then returns the
+  weights, and a codec may average in its own domain (SVD factors) instead of calling
+  ``aggregate``;
+* everything else (a subclass of a mean that overrides ``aggregate``, e.g. server momentum,
+  or a robust rule) is always called.
+
+An aggregator with memory across rounds keeps it in tensors returned by ``state_dict()`` and
+restored by ``load_state_dict()``: rank 0 checkpoints it with the server, so a resumed run
+continues it bit for bit.
 """
 
 from __future__ import annotations
@@ -35,6 +46,22 @@ class Aggregator(Registered, ABC):
     def weights(self, num_samples: np.ndarray) -> np.ndarray | None:
         """Client weights when the aggregate is their weighted mean; None otherwise."""
         return None
+
+    def foldable_weights(self, num_samples: np.ndarray) -> np.ndarray | None:
+        """The weights, when the aggregate is exactly their weighted mean (``weights`` given
+        and ``aggregate`` not overridden below the mean's own), so that a codec may fold the
+        mean into its factored path; None: the codec must call :meth:`aggregate`."""
+        impl = type(self).aggregate
+        if impl is not getattr(type(self), "_mean_aggregate", None):
+            return None
+        return self.weights(num_samples)
+
+    def state_dict(self) -> dict[str, Any]:
+        """State carried from round to round (tensors, numbers, lists; checkpointed)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (resume)."""
 
     @abstractmethod
     def aggregate(self, updates: Sequence[list[torch.Tensor]],

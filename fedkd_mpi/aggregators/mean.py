@@ -19,6 +19,8 @@ class Uniform(Aggregator):
     def aggregate(self, updates, num_samples):
         return weighted_mean(updates, self.weights(num_samples))
 
+    _mean_aggregate = aggregate  # the plain mean: a codec may fold it (foldable_weights)
+
 
 class Weighted(Uniform):
     """The mean weighted by each participant's training examples."""

@@ -164,9 +164,10 @@ class SVDCodec(Codec):
         return total
 
     def aggregate(self, payloads, aggregator, num_samples, rnd, state):
-        """With a weighted-mean aggregator and no extension, average the factors exactly
-        without forming the dense mean where that is cheaper (``svd.server_path``)."""
-        w = aggregator.weights(num_samples)
+        """With a plain weighted-mean aggregator (``foldable_weights``) and no extension,
+        average the factors exactly without forming the dense mean where that is cheaper
+        (``svd.server_path``); any other aggregator is called on the decoded updates."""
+        w = aggregator.foldable_weights(num_samples)
         s = self.settings
         if w is None or self.extended or s.server_path == "dense":
             return super().aggregate(payloads, aggregator, num_samples, rnd, state)

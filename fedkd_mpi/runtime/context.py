@@ -71,7 +71,8 @@ def round_boundary(ctx: Context, rnd: int, store) -> bool:
     if stop or (every > 0 and done % every == 0):
         server = None
         if ctx.comm.Get_rank() == 0:
-            server = {"server_state": ctx.alg.server.state_dict()}
+            server = {"server_state": ctx.alg.server.state_dict(),
+                      "aggregator": ctx.aggregator.state_dict()}
             if ctx.shared is not None:
                 server["shared"] = ctx.shared.state_dict()
         ctx.ckpt.save(done, store, server)

@@ -79,7 +79,10 @@ def setup(cfg: Config, comm: MPI.Intracomm, device: torch.device, fed: Federated
     alg.bind(specs, shapes)
     if server is not None:  # rank 0: the algorithm's and codec's server state
         alg.server.load_state_dict(server["server_state"])
-    ctx = Context(cfg, comm, device, alg, aggregator_of(cfg), placement, transport, shared,
+    aggregator = aggregator_of(cfg)
+    if server is not None:  # rank 0: the aggregator's memory (server momentum, ...)
+        aggregator.load_state_dict(server.get("aggregator", {}))
+    ctx = Context(cfg, comm, device, alg, aggregator, placement, transport, shared,
                   params, ckpt, StopFlag(), start, ckdir)
     error = ""
     if rank > 0:
