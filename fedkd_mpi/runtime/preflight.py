@@ -30,6 +30,7 @@ def preflight(cfg: Config) -> None:
     from fedkd_mpi.data import DataError, check_data, dataset_of, partitioner_of
     from fedkd_mpi.data.federated import _features
     from fedkd_mpi.models import ModelOutputError, family_of, probe
+    from fedkd_mpi.runtime.budget import check_budget
     from fedkd_mpi.runtime.observers import check_tensorboard, load_callbacks
 
     # every name first, in the order of the config's sections
@@ -57,6 +58,7 @@ def preflight(cfg: Config) -> None:
                           f"binary task; data.name '{cfg.data.name}' has {classes} classes "
                           "(use accuracy or macro_f1)")
     x = _features(corpus, np.arange(min(2, len(corpus.labels))), cfg.data)
+    check_budget(cfg, family, alg, classes, x)  # estimated from the config: before any build
     shapes = {}
     models = {}
     for role in dict.fromkeys(r for r in (alg.private_role, alg.shared_role, "mentor",

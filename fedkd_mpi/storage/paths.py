@@ -99,3 +99,33 @@ def output_space_error(cfg: Config, world_size: int, num_layers: int, rounds: in
     return (f"config error: 'output' {cfg.output}: no space left on device for the run file "
             f"({human_bytes(free)} free, about {human_bytes(need)} needed for {rounds} "
             "rounds); free some space or write the output to another file system")
+
+
+def _space_error(field: str, path: Path, need: int, what: str, detail: str, default: str,
+                 fix: str) -> str:
+    free = free_bytes(path)
+    if free is None or free >= need:
+        return ""
+    return (f"config error: '{field}' {path}{default}: not enough free space for {what}: "
+            f"{human_bytes(free)} free, about {human_bytes(need)} needed ({detail}); free some "
+            f"space or {fix}")
+
+
+def checkpoint_space_error(cfg: Config, need: int, detail: str) -> str:
+    """Before any model is built: '' when the checkpoint directory's file system holds one
+    checkpoint of ``need`` bytes (``detail``: of what), else one line."""
+    default = "" if cfg.runtime.checkpoint_dir else " (default: <output>.ckpt)"
+    return _space_error("runtime.checkpoint_dir", checkpoint_dir(cfg), need, "one checkpoint",
+                        detail, default,
+                        "point runtime.checkpoint_dir at a larger file system (or set "
+                        "runtime.checkpoint_every=0: checkpoints on SIGTERM/SIGUSR1 only)")
+
+
+def spill_space_error(cfg: Config, need: int, detail: str) -> str:
+    """Before any model is built: '' when ``runtime.spill_dir`` (default $TMPDIR) holds the
+    spilled clients' ``need`` bytes (``detail``: of what), else one line."""
+    path = Path(cfg.runtime.spill_dir or tempfile.gettempdir())
+    default = "" if cfg.runtime.spill_dir else " (default: $TMPDIR)"
+    return _space_error("runtime.spill_dir", path, need, "the spilled clients", detail,
+                        default, "point runtime.spill_dir at a larger node-local file system "
+                        "or raise runtime.resident_clients")
