@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --dev
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 MPIEXEC_TIMEOUT=600
+export FEDKD_REQUIRE_NODES=1  # tests/nodes: fake nodes (namespaces) must be made, never skipped
 .venv/bin/ruff check fedkd_mpi tests benchmarks
 for n in 3 4; do
   echo "== MPI tests under mpiexec -n $n =="

@@ -1,0 +1,1 @@
+"""Multi-node tests on fake nodes (network, UTS and mount namespaces on this machine)."""
