@@ -21,6 +21,7 @@ Paths alternate within each repetition; medians over ``--reps`` are printed with
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/overhead.py
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/overhead.py --configs configs/scratch.yaml \
         --reps 5
+    .venv/bin/python benchmarks/overhead.py --device cuda --skip-job   # one GPU (synchronised)
 """
 
 from __future__ import annotations
@@ -40,9 +41,10 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-def build(config: str, overrides: list[str]):
+def build(config: str, overrides: list[str], device: str = "cpu"):
     """The package's objects for client 0 of ``config``: config, data, algorithm, the shared
-    model's initial state, and a factory of fresh clients (as a client rank builds them)."""
+    model's initial state, and a factory of fresh clients (as a client rank builds them), on
+    ``device``."""
     import torch
 
     from fedkd_mpi.algorithms import build_algorithm
@@ -59,7 +61,7 @@ def build(config: str, overrides: list[str]):
     fed = load_federated(cfg.data, cfg.seed, [0])
     alg = build_algorithm(cfg)
     shared = build_for(cfg, alg.shared_role, fed.num_classes, torch_seed(cfg.seed, "init"),
-                       cfg.model.freeze_embeddings)
+                       cfg.model.freeze_embeddings).to(device)
     named = [(n, p) for n, p in shared.named_parameters() if p.requires_grad]
     x = fed.clients[0].train_x[:2]
     mentor = build_for(cfg, alg.private_role, fed.num_classes, 0,
@@ -67,7 +69,7 @@ def build(config: str, overrides: list[str]):
     alg.bind([TensorSpec(n, tuple(p.shape)) for n, p in named],
              {"mentor": probe(mentor, x), "mentee": probe(shared, x)})
     init = {k: v.clone() for k, v in shared.state_dict().items()}
-    ctx = SimpleNamespace(cfg=cfg, alg=alg, device=torch.device("cpu"), shared=shared,
+    ctx = SimpleNamespace(cfg=cfg, alg=alg, device=torch.device(device), shared=shared,
                           params=[p for _, p in named])
 
     def fresh():
@@ -77,15 +79,15 @@ def build(config: str, overrides: list[str]):
     return cfg, fed, alg, shared, fresh
 
 
-def package_train(cfg, alg, client, shared) -> None:
+def package_train(cfg, alg, client, shared, device: str = "cpu") -> None:
     import torch
 
     from fedkd_mpi.runtime.client import local_train
 
-    local_train(alg, client, shared, cfg, 0, torch.device("cpu"))
+    local_train(alg, client, shared, cfg, 0, torch.device(device))
 
 
-def bare_train(cfg, alg, client, shared) -> None:
+def bare_train(cfg, alg, client, shared, device: str = "cpu") -> None:
     """The same local round written directly: batches, forward, FedKD loss, backward, Adam."""
     import torch
 
@@ -111,7 +113,7 @@ def bare_train(cfg, alg, client, shared) -> None:
         if j == 0 and step > 0:
             perm = torch.randperm(n, generator=gen)
         idx = perm[j * bs : (j + 1) * bs]
-        x, y = x_all[idx], y_all[idx]
+        x, y = x_all[idx].to(device), y_all[idx].to(device)
         total, _ = fedkd_loss(mentor(x), shared(x), y, alg.pairs, proj, cfg.fedkd.loss_mode,
                               alg.switches)
         for o in opts:
@@ -121,16 +123,16 @@ def bare_train(cfg, alg, client, shared) -> None:
             o.step()
 
 
-def package_eval(cfg, fed, alg, client, shared) -> list:
+def package_eval(cfg, fed, alg, client, shared, device: str = "cpu") -> list:
     import torch
 
     from fedkd_mpi.runtime.context import metric_cols
 
-    return [metric_cols(cfg, fed, role, model, client.data, torch.device("cpu"))
+    return [metric_cols(cfg, fed, role, model, client.data, torch.device(device))
             for role, model in (("mentor", client.private), (alg.shared_role, shared))]
 
 
-def bare_eval(cfg, client, shared) -> list:
+def bare_eval(cfg, client, shared, device: str = "cpu") -> list:
     import torch
 
     x, batch = client.data.test_x, cfg.train.eval_batch_size
@@ -138,7 +140,7 @@ def bare_eval(cfg, client, shared) -> list:
     with torch.no_grad():
         for model in (client.private, shared):
             model.eval()
-            preds.append(torch.cat([model(x[i : i + batch]).logits.argmax(-1)
+            preds.append(torch.cat([model(x[i : i + batch].to(device)).logits.argmax(-1).cpu()
                                     for i in range(0, len(x), batch)]))
     return preds
 
@@ -154,12 +156,14 @@ def weights(client, shared) -> list:
     return [p.detach().clone() for m in mods for p in m.parameters()]
 
 
-def compute(config: str, overrides: list[str], reps: int) -> dict:
-    """Median seconds of package vs bare train and eval for one config."""
+def compute(config: str, overrides: list[str], reps: int, device: str = "cpu") -> dict:
+    """Median seconds of package vs bare train and eval for one config (on CUDA the clock is
+    read after a device synchronisation)."""
     import torch
 
     torch.set_num_threads(1)
-    cfg, fed, alg, shared, fresh = build(config, overrides)
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    cfg, fed, alg, shared, fresh = build(config, overrides, device)
     t = {k: [] for k in ("train_pkg", "train_bare", "eval_pkg", "eval_bare")}
     identical = True
     for rep in range(reps):
@@ -167,21 +171,24 @@ def compute(config: str, overrides: list[str], reps: int) -> dict:
         after = {}
         for side in order:
             client = fresh()
+            sync()
             s = time.perf_counter()
-            (package_train if side == "pkg" else bare_train)(cfg, alg, client, shared)
+            (package_train if side == "pkg" else bare_train)(cfg, alg, client, shared, device)
+            sync()
             t[f"train_{side}"].append(time.perf_counter() - s)
             after[side] = weights(client, shared)
             s = time.perf_counter()
             if side == "pkg":
-                package_eval(cfg, fed, alg, client, shared)
+                package_eval(cfg, fed, alg, client, shared, device)
             else:
-                bare_eval(cfg, client, shared)
+                bare_eval(cfg, client, shared, device)
+            sync()
             t[f"eval_{side}"].append(time.perf_counter() - s)
         identical &= same_bits(after["pkg"], after["bare"])
     med = {k: statistics.median(v) for k, v in t.items()}
     tc, n = cfg.train, fed.clients[0].num_train
     steps = tc.local_steps or tc.local_epochs * -(-n // tc.batch_size)
-    return dict(config=config, steps=steps,
+    return dict(config=config, device=device, steps=steps,
                 test=len(fed.clients[0].test_y), identical=identical, **med,
                 spread={k: (min(v), max(v)) for k, v in t.items()})
 
@@ -240,14 +247,16 @@ def main() -> None:
     ap.add_argument("--configs", default="configs/default.yaml,configs/scratch.yaml")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--ranks", type=int, default=4)
+    ap.add_argument("--device", default="cpu", help="torch device of the round (cpu, cuda)")
     ap.add_argument("--skip-job", action="store_true", help="no start-up measurement")
     ap.add_argument("--phases", action="store_true", help="start-up steps of one rank")
     ap.add_argument("overrides", nargs="*", help="key=value for every config")
     a = ap.parse_args()
     print(f"load average {os.getloadavg()[0]:.2f}, {os.cpu_count()} CPUs", flush=True)
     for config in a.configs.split(","):
-        r = compute(config, a.overrides, a.reps)
-        print(f"\n## {config}: one client's round, {r['steps']} local steps, {r['test']} "
+        r = compute(config, a.overrides, a.reps, a.device)
+        where = "" if a.device == "cpu" else f" on {a.device}"
+        print(f"\n## {config}{where}: one client's round, {r['steps']} local steps, {r['test']} "
               f"held-out examples, median of {a.reps} (min-max)")
         for what in ("train", "eval"):
             pkg, bare = r[f"{what}_pkg"], r[f"{what}_bare"]
