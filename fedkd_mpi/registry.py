@@ -146,8 +146,14 @@ def plugin_settings(cls: type, cfg: Any) -> Any:
         return None
     from pydantic import ValidationError
 
+    given = cfg.plugins.get(cls.name, {})
+    known = {f.alias or n for n, f in model.model_fields.items()} | set(model.model_fields)
+    unknown = sorted(str(k) for k in (given if isinstance(given, dict) else {}) if k not in known)
+    if unknown:  # also where the plug-in's model would ignore it: a typo is never silent
+        raise PluginError(f"config error: 'plugins.{cls.name}.{unknown[0]}': not a setting of "
+                          f"'{cls.name}' (its settings: {', '.join(sorted(known)) or 'none'})")
     try:
-        return model.model_validate(cfg.plugins.get(cls.name, {}))
+        return model.model_validate(given)
     except ValidationError as err:
         e = err.errors()[0]
         loc = ".".join(str(p) for p in ("plugins", cls.name, *e["loc"]))

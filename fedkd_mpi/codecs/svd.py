@@ -83,12 +83,14 @@ def payload_floats(ranks: np.ndarray, specs: Sequence[TensorSpec]) -> int:
 def decode(
     enc: Payload, specs: Sequence[TensorSpec], device: torch.device | str = "cpu"
 ) -> list[torch.Tensor]:
-    """Rebuild the tensors (float32, original shapes) from ranks and body."""
+    """Rebuild the tensors (float32, original shapes) from ranks and body, on the CPU; then
+    moved to ``device``."""
     need = payload_floats(enc.meta, specs)
     if enc.body.size != need:
         raise ValueError(f"payload holds {enc.body.size} floats, ranks require {need}")
+    # rebuilt on the CPU, then moved: every rank gets the same bits whatever its device (a
+    # CPU server's replica checksum against CUDA clients)
     body = torch.from_numpy(np.ascontiguousarray(enc.body).astype(np.float32, copy=False))
-    body = body.to(device)
     out: list[torch.Tensor] = []
     pos = 0
     for k, spec in zip(enc.meta.tolist(), specs, strict=True):
@@ -102,7 +104,7 @@ def decode(
             vt = body[pos + p * k + k : pos + p * k + k + k * q].view(k, q)
             pos += k * (p + q + 1)
             mat = (u * s) @ vt
-        out.append(mat.reshape(spec.shape).clone())
+        out.append(mat.reshape(spec.shape).clone().to(device))
     return out
 
 
