@@ -34,13 +34,13 @@ def preflight(cfg: Config) -> None:
     from fedkd_mpi.runtime.observers import check_tensorboard, load_callbacks
 
     # every name first, in the order of the config's sections
-    dataset_of(cfg.data)
-    partitioner_of(cfg.data)
+    used: list[type] = [type(dataset_of(cfg.data)), type(partitioner_of(cfg.data))]
     family = family_of(cfg)
     alg = build_algorithm(cfg)
     if alg.codec_field is not None:
-        codec_class(alg.codec_name, alg.codec_field)
+        used.append(codec_class(alg.codec_name, alg.codec_field))
     aggregator = aggregator_of(cfg)
+    _check_plugin_sections(cfg, [*used, type(family), type(alg), type(aggregator)])
     load_callbacks(cfg)
     check_tensorboard(cfg)
     family.check()
@@ -94,6 +94,20 @@ def preflight(cfg: Config) -> None:
     _check_aggregator(aggregator, alg.wire_specs)
 
 
+def _check_plugin_sections(cfg: Config, used: list[type]) -> None:
+    """Every ``plugins.<name>`` section names an implementation this run uses or one that is
+    registered on some axis (a sweep may vary the choice): a misspelled section is never
+    silently ignored."""
+    known = {str(getattr(c, "name", "")) for c in used}
+    for registry in {id(c.registry): c.registry for c in used if hasattr(c, "registry")}.values():
+        known.update(registry.names())
+    for key in cfg.plugins:
+        if key not in known:
+            raise ConfigError(f"config error: 'plugins.{key}': no registered implementation is "
+                              f"named '{key}' (registered: {', '.join(sorted(known - {''}))})"
+                              "; fix the name or remove the section")
+
+
 def _probe_update(specs, scale: float, seed: int) -> list[torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     return [scale * torch.randn(s.shape, generator=gen) for s in specs]
@@ -126,9 +140,9 @@ def _check_codec(alg, cfg: Config) -> None:
 
 
 def _check_aggregator(aggregator, specs) -> None:
-    ups = [_probe_update(specs, 1.0, s) for s in (1, 2)]
+    ups = [_probe_update(specs, 1.0, s) for s in (1, 2, 3)]  # 3: what a median needs
     try:
-        out = aggregator.aggregate(ups, np.array([10, 20]))
+        out = aggregator.aggregate(ups, np.array([10, 20, 30]))
         if [tuple(t.shape) for t in out] != [tuple(s.shape) for s in specs]:
             raise ValueError("the aggregate has other shapes than the updates")
         if any(t.dtype != torch.float32 for t in out):

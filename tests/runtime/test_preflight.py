@@ -99,3 +99,17 @@ def test_wrong_types_and_bad_imports_name_the_field():
         "fedkd_mpi.aggregators.base.Aggregator")
     assert _line("model.kind=fedkd_mpi.models:nothing") == (
         "config error: 'model.kind': module 'fedkd_mpi.models' has no attribute 'nothing'")
+
+
+def test_misspelled_plugin_sections_and_settings_are_refused():
+    """``plugins.krumm`` (no such implementation) and ``plugins.fedavgm.momentun`` (no such
+    setting) were accepted silently; a registered but unused section stays allowed (sweeps)."""
+    tiny = str(TINY)
+    with pytest.raises(ConfigError, match=r"^config error: 'plugins\.krumm': no registered "
+                       r"implementation is named 'krumm' \(registered: .*fedavgm.*\)"):
+        preflight(load_config(tiny, ["plugins.krumm.f=1"]))
+    with pytest.raises(ConfigError, match=r"^config error: 'plugins\.fedavgm\.momentun': not a "
+                       r"setting of 'fedavgm' \(its settings: momentum, server_lr, weighted\)"):
+        preflight(load_config(tiny, ["train.aggregation=fedavgm",
+                                     "plugins.fedavgm.momentun=0.5"]))
+    preflight(load_config(tiny, ["plugins.fedavgm.momentum=0.5"]))
