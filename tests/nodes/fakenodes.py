@@ -44,6 +44,7 @@ hostname {name}
 mount -t tmpfs -o mode=1777,size=1g tmpfs /tmp
 mount -t tmpfs -o mode=1777,size=256m tmpfs /dev/shm
 mount --bind {hosts} /etc/hosts
+mount -t sysfs sysfs /sys  # the node's own network devices (UCX lists /sys/class/net)
 echo ready
 exec sleep infinity
 """
