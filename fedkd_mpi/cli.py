@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         if extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         if args.command == "repair":
-            return _repair(args.run, args.force)
+            return _leased(args.run, args.force)
         return analysis_commands.main(args)
     bad = [x for x in extra if x.startswith("-") or "=" not in x]
     if bad:
@@ -67,33 +67,63 @@ def main(argv: list[str] | None = None) -> int:
 
                 check_written_paths(cfg, overwrite=True)  # existence is run's business
                 preflight(cfg)
+            state = _resume_state(cfg) if args.resume_state else ""
         except ConfigError as exc:
             print(exc, file=sys.stderr)
             return 2
-        print(_resume_state(cfg) if args.resume_state else cfg.to_yaml().rstrip("\n"))
+        print(state or cfg.to_yaml().rstrip("\n"))
         return 0
     return _run(args)
 
 
 def _resume_state(cfg) -> str:
     """``complete`` when the output file is a completed run of this many rounds (nothing to
-    do), ``resume`` when it and a checkpoint manifest exist, else ``new``."""
+    do), ``resume`` when it and a checkpoint manifest exist, else ``new``; ConfigError (one
+    line, in bounded time) when the output file is damaged, empty or not HDF5."""
     from pathlib import Path
 
-    from fedkd_mpi.config import resume_state
+    from fedkd_mpi.config import ConfigError, resume_state
+    from fedkd_mpi.storage.h5 import open_live, run_state
+    from fedkd_mpi.storage.reading import UnreadableRunFile, read_error, walk
 
     if Path(cfg.output).is_file():
         try:
-            from fedkd_mpi.storage.h5 import open_live, run_state
-
             with open_live(cfg.output) as f:
+                walk(f, data=True)  # what a resume would copy
                 status = run_state(f)["status"]
                 rows = len(f["rounds/round"]) if "rounds/round" in f else -1
             if status == "completed" and rows == cfg.train.rounds:
                 return "complete"
-        except (OSError, KeyError, ValueError):  # not a run file: run says so
+        except UnreadableRunFile as exc:  # damaged, empty: neither resumed nor replaced
+            raise ConfigError(f"fedkd-mpi validate: {exc}") from None
+        except (OSError, RuntimeError) as exc:  # a read of an open file failed: damaged
+            raise ConfigError(f"fedkd-mpi validate: {read_error(cfg.output, exc)}") from None
+        except (KeyError, ValueError):  # not a run file: run says so
             pass
     return resume_state(cfg)
+
+
+def _leased(path: str, force: bool) -> int:
+    """``repair`` under the output's lease: refused (one line, exit 2) while a live job owns
+    the file, from any host (storage/lease.py)."""
+    from pathlib import Path
+
+    from fedkd_mpi.storage.lease import Lease, LeaseHeld
+
+    if not Path(path).is_file():
+        return _repair(path, force)
+    lease = Lease(path, "repair")
+    try:
+        lease.acquire()
+    except LeaseHeld as exc:
+        print(f"fedkd-mpi repair: {exc}", file=sys.stderr)
+        return 2
+    except OSError:  # a directory that cannot hold the lease cannot hold the repair either
+        return _repair(path, force)
+    try:
+        return _repair(path, force)
+    finally:
+        lease.release()
 
 
 def _repair(path: str, force: bool) -> int:
@@ -104,6 +134,7 @@ def _repair(path: str, force: bool) -> int:
     from fedkd_mpi.storage.disk import StorageError
     from fedkd_mpi.storage.h5 import open_live
     from fedkd_mpi.storage.liveness import complete_rounds, judge_writer, needs_repair, repair
+    from fedkd_mpi.storage.reading import UnreadableRunFile, read_error
 
     p = Path(path)
     say = f"fedkd-mpi repair: {p}"
@@ -117,9 +148,11 @@ def _repair(path: str, force: bool) -> int:
         with open_live(p) as f:
             v = judge_writer(f, p)
             rounds = complete_rounds(f)
-    except OSError as exc:
-        print(f"{say}: not a readable HDF5 run file ({str(exc).splitlines()[0]})",
-              file=sys.stderr)
+    except UnreadableRunFile as exc:  # damaged, empty, not HDF5: refused, left as it is
+        print(f"fedkd-mpi repair: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, RuntimeError, KeyError) as exc:
+        print(f"fedkd-mpi repair: {read_error(p, exc)}", file=sys.stderr)
         return 2
     who = f"pid {v.pid} on {v.host}" if v.pid is not None else "its writer"
     if v.alive:
@@ -136,8 +169,12 @@ def _repair(path: str, force: bool) -> int:
             "repair); repaired by fedkd-mpi repair")
     try:
         kept = repair(p, note)
+    except UnreadableRunFile as exc:
+        print(f"fedkd-mpi repair: {exc}", file=sys.stderr)
+        return 2
     except (StorageError, OSError, ValueError) as exc:
-        print(f"{say}: {exc}", file=sys.stderr)
+        print(f"{say}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+              file=sys.stderr)
         return 2
     print(f"{say}: {kept} complete rounds kept; it opens with any HDF5 reader now (status "
           "failed unless it had ended)")

@@ -1,7 +1,9 @@
 """Read a run file (docs/hdf5.md) into tidy pandas tables.
 
-``load(path)`` opens the file with an SWMR reader (:func:`fedkd_mpi.storage.h5.open_live`), so
-it works on a finished run, a run that is still being written and a run whose job was killed.
+``load(path)`` opens the file with :func:`fedkd_mpi.storage.h5.open_live` (an SWMR reader where
+a writer holds it), so it works on a finished run, a run that is still being written and a run
+whose job was killed, and says in one line (:class:`RunFileError`, in bounded time) when the
+file is damaged (truncated, corrupted) or not a run file.
 Every per-round dataset is cut to the number of rounds that *all* of them hold: a live writer
 appends dataset by dataset, and a reader can land between two appends.
 
@@ -24,6 +26,7 @@ import yaml
 
 from fedkd_mpi.storage.h5 import open_live, run_state
 from fedkd_mpi.storage.liveness import WriterVerdict, judge_writer
+from fedkd_mpi.storage.reading import UnreadableRunFile, read_error
 from fedkd_mpi.storage.schema import FORMAT_VERSION, RANK_GROUPS
 
 SUPPORTED_VERSIONS = tuple(range(1, FORMAT_VERSION + 1))
@@ -120,15 +123,11 @@ def _open(path: Path) -> h5py.File:
     if path.is_dir():
         raise RunFileError(f"{path}: is a directory, not a fedkd_mpi run file")
     try:
-        is_h5 = h5py.is_hdf5(path)
-    except OSError as exc:
-        raise RunFileError(f"{path}: cannot read ({exc})") from None
-    if not is_h5:
-        raise RunFileError(f"{path}: not a fedkd_mpi run file (not an HDF5 file)")
-    try:
         return open_live(path)
+    except UnreadableRunFile as exc:
+        raise RunFileError(str(exc)) from None
     except OSError as exc:
-        raise RunFileError(f"{path}: cannot open the HDF5 file ({exc})") from None
+        raise RunFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
 
 def _check_version(path: Path, f: h5py.File) -> int:
@@ -161,8 +160,8 @@ def load(path: str | Path) -> Run:
         return _read(path, f, version)
     except RunFileError:
         raise
-    except (KeyError, ValueError, OSError) as exc:
-        raise RunFileError(f"{path}: damaged or unexpected run file ({exc})") from None
+    except (KeyError, ValueError, OSError, RuntimeError, TypeError, IndexError) as exc:
+        raise RunFileError(read_error(path, exc)) from None
     finally:
         f.close()
 

@@ -94,17 +94,18 @@ def _run_file_facts(path: Path) -> tuple[str, int, dict[str, Any], str | None]:
     not a readable fedkd_mpi run file."""
     from fedkd_mpi.storage.h5 import open_live, run_state
     from fedkd_mpi.storage.liveness import complete_rounds
-    from fedkd_mpi.storage.reading import UnreadableRunFile, read_error
+    from fedkd_mpi.storage.reading import UnreadableRunFile, read_error, walk
 
     try:  # in bounded time, damaged or not (storage/reading.py)
         with open_live(path) as f:
+            walk(f, data=True)  # every byte resume will copy: damage shows before training
             state = run_state(f)
             rows = complete_rounds(f)
             text = f.attrs.get("config", "")
             text = text.decode() if isinstance(text, bytes) else str(text)
     except UnreadableRunFile as exc:  # damaged, empty, not HDF5: the file is left as it is
         raise ConfigError(f"resume error: {exc}") from None
-    except (OSError, RuntimeError, KeyError) as exc:
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:
         raise ConfigError(f"resume error: {read_error(path, exc)}") from None
     try:
         stored = yaml.safe_load(text) or {}

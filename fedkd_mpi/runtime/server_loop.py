@@ -60,8 +60,7 @@ def server_main(ctx: Context, fed: FederatedData, attrs: dict[str, object]) -> i
         return code
     writer.close("completed")
     drop_checkpoint(ctx.cfg)
-    print_summary(ctx.cfg)
-    return 0
+    return 0 if print_summary(ctx.cfg) else 1
 
 
 def _check_uploads(ctx: Context, rnd: int, part: np.ndarray, parsed: list[Message],

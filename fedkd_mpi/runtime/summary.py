@@ -70,18 +70,25 @@ def writer_for(ctx: Context, fed: FederatedData, attrs: dict[str, object]) -> Ru
     return writer
 
 
-def print_summary(cfg: Config) -> None:
+def print_summary(cfg: Config) -> bool:
     """The end-of-run table, read back from the run file by the same code as ``fedkd-mpi
-    report`` (fedkd_mpi/analysis/reader.py), so both give the same figures."""
+    report`` (fedkd_mpi/analysis/reader.py), so both give the same figures. False, after one
+    line on stderr, when the file cannot give this run's summary (unreadable, or written by
+    another process since: never another job's figures as this run's)."""
+    import sys
+
     from tabulate import tabulate
 
-    from fedkd_mpi.analysis.reader import load
+    from fedkd_mpi.analysis.reader import RunFileError, load
 
-    run = load(cfg.output)
-    if run.attrs.get("writer") != writer_id():  # never another job's figures as our own
-        raise RuntimeError(f"{cfg.output} was written by another process "
-                           f"({run.attrs.get('writer')}) after this run closed it; its "
-                           "summary is not this run's")
+    try:
+        run = load(cfg.output)
+        if run.attrs.get("writer") != writer_id():
+            raise RunFileError(f"{cfg.output} was written by another process "
+                               f"({run.attrs.get('writer')}) after this run closed it")
+    except RunFileError as exc:
+        print(f"fedkd-mpi: no end-of-run summary: {exc}", file=sys.stderr, flush=True)
+        return False
     s = run.summary
     print(tabulate([["algorithm", s.algorithm], ["rounds", s.rounds_completed],
                     ["clients", s.num_clients]], tablefmt="plain", disable_numparse=True))
@@ -98,6 +105,7 @@ def print_summary(cfg: Config) -> None:
     print("(majority class: the accuracy of always answering the held-out data's most frequent "
           "class; reductions: the same messages carrying that model dense, against the bytes "
           "sent up+down)", flush=True)
+    return True
 
 
 def _x(v: float) -> str:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 import sys
 import time
 import uuid
@@ -30,11 +29,18 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-#: statuses a run ends with (``running`` is replaced by one of them when the writer ends)
 from fedkd_mpi.storage.disk import (
     _reraise,
     free_bytes,
     no_space_error,
+)
+from fedkd_mpi.storage.runstate import (  # noqa: F401 (readers import these from here too)
+    FINAL_STATUSES,
+    _text,
+    checkpoint_record,
+    open_live,
+    run_state,
+    writer_id,
 )
 from fedkd_mpi.storage.schema import (
     CLIENT_FIELDS,
@@ -52,37 +58,12 @@ from fedkd_mpi.storage.schema import (
     dtype_of,
 )
 
-#: statuses a run ends with (``running`` is replaced by one of them when the writer ends)
-FINAL_STATUSES = ("completed", "failed", "interrupted")
-
-
 #: bytes kept free for closing the file (status, metadata flush) beyond a round's append
 CLOSE_RESERVE = 128 * 1024
 
 
 #: metadata an append may allocate beyond its data chunks (chunk indexes, object headers)
 META_SLACK = 64 * 1024
-
-
-def _proc_stat(pid: int) -> list[str]:
-    """Fields of /proc/<pid>/stat after the command name ([0] = state); [] where unknown."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return []
-
-
-def _start_ticks(pid: int) -> int:
-    try:
-        return int(_proc_stat(pid)[19])
-    except (ValueError, IndexError):
-        return 0
-
-
-def writer_id() -> str:
-    """``host:pid:start`` of this process (start: clock ticks after boot from /proc, 0 where
-    unknown), recorded in the root attr ``writer`` to tell a live writer from a dead one."""
-    return f"{socket.gethostname()}:{os.getpid()}:{_start_ticks(os.getpid())}"
 
 
 def _fixed(text: str, nbytes: int) -> np.bytes_:
@@ -101,24 +82,6 @@ def _create_run_group(f: h5py.File, status: str = "running",
     f.create_dataset(RUN_HEARTBEAT, data=time.time(), dtype=np.float64)
     f.create_dataset(RUN_CHECKPOINT_ROUND, data=np.asarray(rounds, np.int64))
     f.create_dataset(RUN_CHECKPOINT_SHA256, data=np.asarray(digests, "S64"))
-
-
-def checkpoint_record(f: h5py.File) -> dict[str, object]:
-    """The run's id and the checkpoint manifests its writer recorded (rounds, SHA-256s;
-    empty lists for a file from before the record)."""
-    rounds: list[int] = []
-    digests: list[str] = []
-    r, d = f.get(RUN_CHECKPOINT_ROUND), f.get(RUN_CHECKPOINT_SHA256)
-    if isinstance(r, h5py.Dataset) and isinstance(d, h5py.Dataset):
-        for ds in (r, d):
-            try:
-                ds.refresh()
-            except Exception:  # not opened for SWMR reading
-                pass
-        rounds = [int(x) for x in r[()]]
-        digests = [_text(x) for x in d[()]]
-    return {"run_id": _text(f.attrs.get("run_id", "")) or None, "rounds": rounds,
-            "sha256": digests}
 
 
 def estimate_file_bytes(num_clients: int, world_size: int, num_layers: int, rounds: int,
@@ -453,48 +416,3 @@ def _put(ds: h5py.Dataset, i: int, value: object) -> None:
     ds.resize(i + 1, axis=0)
     ds[i] = value
 
-
-def open_live(path: str | Path) -> h5py.File:
-    """Open a run file for reading in bounded time, live or not (storage/reading.py)."""
-    from fedkd_mpi.storage.reading import open_run
-    return open_run(path)
-
-
-def _text(value: object) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, np.ndarray) and value.shape == ():
-        return _text(value[()])
-    return "" if value is None else str(value)
-
-
-def run_state(f: h5py.File) -> dict[str, object]:
-    """status, error, heartbeat (unix time or None) and writer of an open run file: from the
-    ``run/`` datasets when present (format 3, refreshed for a live SWMR reader), else from the
-    root attributes."""
-    def read(name: str) -> object:
-        d = f.get(name)
-        if not isinstance(d, h5py.Dataset):
-            return None
-        try:
-            d.refresh()
-        except Exception:  # not opened for SWMR reading
-            pass
-        return d[()]
-
-    status, error, beat = read(RUN_STATUS), read(RUN_ERROR), read(RUN_HEARTBEAT)
-    attr_status = _text(f.attrs.get("status", "unknown"))
-    attr_error = _text(f.attrs.get("error", ""))
-    # the writer sets run/ first and the attrs right after, to the same values: a final
-    # status in the attr that run/ lacks was set later (by a tool) and wins; 'running' in
-    # the attr next to a final run/status means the writer stopped in between
-    if status is None or (attr_status in FINAL_STATUSES and attr_status != _text(status)):
-        status, error = attr_status, attr_error
-    else:
-        status, error = _text(status), _text(error) if error is not None else attr_error
-    return {
-        "status": status,
-        "error": error,
-        "heartbeat": float(beat) if beat is not None else None,
-        "writer": _text(f.attrs.get("writer", "")) or None,
-    }

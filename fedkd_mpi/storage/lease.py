@@ -22,8 +22,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedkd_mpi.storage.h5 import writer_id
-from fedkd_mpi.storage.liveness import writer_alive
+from fedkd_mpi.storage.owner import writer_alive, writer_id
 
 #: default seconds without a heartbeat after which an owner on another host counts as dead
 DEFAULT_TIMEOUT_S = 120.0

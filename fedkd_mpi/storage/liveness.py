@@ -5,7 +5,6 @@ complete round kept."""
 from __future__ import annotations
 
 import os
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,49 +12,17 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from fedkd_mpi.storage.disk import _reraise
-from fedkd_mpi.storage.h5 import (
-    _copy_file,
-    _discard,
-    _fixed,
-    _proc_stat,
-    _start_ticks,
-    open_live,
-    run_state,
-)
+from fedkd_mpi.storage.disk import _reraise, is_no_space
+from fedkd_mpi.storage.h5 import _copy_file, _discard, _fixed
+from fedkd_mpi.storage.owner import writer_alive
+from fedkd_mpi.storage.reading import damage, walk
+from fedkd_mpi.storage.runstate import open_live, run_state
 from fedkd_mpi.storage.schema import (
     ERROR_BYTES,
     RUN_ERROR,
     RUN_STATUS,
     STATUS_BYTES,
 )
-
-
-def writer_alive(writer: str | None) -> bool | None:
-    """Whether the process that wrote ``writer`` (:func:`writer_id`) is alive: True / False
-    when it ran on this host, None when that cannot be told (another host, unknown)."""
-    if not writer:
-        return None
-    parts = str(writer).rsplit(":", 2)
-    if len(parts) != 3 or parts[0] != socket.gethostname():
-        return None
-    try:
-        pid, ticks = int(parts[1]), int(parts[2])
-    except ValueError:
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # alive, another user's
-    except OSError:
-        return None
-    fields = _proc_stat(pid)
-    if fields and fields[0] in ("Z", "X", "x"):  # a zombie: dead, not yet reaped
-        return False
-    now = _start_ticks(pid)
-    return not (ticks and now and now != ticks)  # another process reusing the pid: gone
 
 
 @dataclass
@@ -126,14 +93,14 @@ def complete_rounds(f: h5py.File) -> int:
 
 def needs_repair(path: str | Path) -> bool:
     """True when HDF5 refuses to open the file without SWMR (the flags a writer killed in
-    SWMR mode leaves), while an SWMR reader can."""
-    try:
-        with h5py.File(path, "r"):
-            return False
-    except OSError:
-        pass
-    with open_live(path):
-        return True
+    SWMR mode leaves), while an SWMR reader can; :class:`UnreadableRunFile` (one line, in
+    bounded time, the file untouched) when it is damaged, empty or not HDF5."""
+    with open_live(path) as f:  # without SWMR where HDF5 allows it, and checked
+        try:
+            walk(f, data=True)  # chunk indexes too: a damaged file is not 'nothing to do'
+        except Exception as exc:
+            raise damage(path, exc) from None
+        return bool(f.swmr_mode)
 
 
 def repair(path: str | Path, note: str) -> int:
@@ -141,15 +108,21 @@ def repair(path: str | Path, note: str) -> int:
     dataset copied through an SWMR reader into a new file next to it, per-round datasets cut
     to the rounds all of them hold (the complete rounds), ``status`` set to ``failed`` with
     ``note`` as its error when it was still ``running``; the new file then replaces the old
-    one. Returns the rounds kept."""
+    one. Returns the rounds kept; a damaged file is refused (:class:`UnreadableRunFile`, one
+    line) and left as it is."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.repair-{os.getpid()}")
     dst = None
     try:
-        dst = h5py.File(tmp, "w", libver="latest")
-        with open_live(path) as src:
-            state = run_state(src)
-            rows = _copy_file(src, dst, None)
+        with open_live(path) as src:  # a damaged file: one line before anything is written
+            dst = h5py.File(tmp, "w", libver="latest")
+            try:
+                state = run_state(src)
+                rows = _copy_file(src, dst, None)
+            except (OSError, RuntimeError, KeyError) as exc:
+                if is_no_space(exc):
+                    raise
+                raise damage(path, exc) from None  # a read that failed: damaged metadata
         if state["status"] == "running":
             dst.attrs["status"] = "failed"
             dst.attrs["error"] = note

@@ -52,14 +52,18 @@ _FLAG_WRITE, _FLAG_SWMR_WRITE = 0x01, 0x04
 
 
 class UnreadableRunFile(StorageError):
-    """A run file that cannot be read (damaged, empty, not HDF5); ``str()`` is one line that
-    names the file, what is wrong and what to do."""
+    """A run file that cannot be read; ``str()`` is one line that names the file, what is
+    wrong and what to do. ``kind``: ``damaged`` (truncated, corrupted), ``not_run_file``
+    (empty, not HDF5), ``os`` (the system refused: permissions, locks)."""
 
-    def __init__(self, path: str | Path, reason: str, damaged: bool = True) -> None:
-        text = (f"{path}: damaged run file, cannot be read: {reason}; {DAMAGED_ADVICE}"
-                if damaged else f"{path}: not a fedkd_mpi run file ({reason})")
+    def __init__(self, path: str | Path, reason: str, kind: str = "damaged") -> None:
+        text = {"damaged": f"{path}: damaged run file, cannot be read: {reason}; "
+                           f"{DAMAGED_ADVICE}",
+                "not_run_file": f"{path}: not a fedkd_mpi run file ({reason})"}.get(
+                    kind, f"{path}: cannot be read: {reason}")
         super().__init__(None, text)
-        self.path, self.reason, self.damaged = Path(path), reason, damaged
+        self.path, self.reason, self.kind = Path(path), reason, kind
+        self.damaged = kind == "damaged"
 
 
 @dataclass(frozen=True)
@@ -100,7 +104,11 @@ def damage(path: str | Path, exc: BaseException) -> UnreadableRunFile:
     if m:
         return UnreadableRunFile(path, f"truncated ({m[1]} of {m[2]} bytes)")
     if "signature not found" in text:
-        return UnreadableRunFile(path, "not an HDF5 file", damaged=False)
+        return UnreadableRunFile(path, "not an HDF5 file", "not_run_file")
+    os_error = re.search(r"unable to (?:open|lock) file.*error message = '([^']*)'", text)
+    if os_error or isinstance(exc, (PermissionError, FileNotFoundError)):
+        why = os_error[1] if os_error else (exc.strerror if isinstance(exc, OSError) else "")
+        return UnreadableRunFile(path, why or text, "os")
     if "checksum" in text:
         return UnreadableRunFile(path, "corrupted (a metadata checksum does not match)")
     inner = re.search(r"\((.+)\)\s*$", text)
@@ -132,6 +140,7 @@ def _libhdf5() -> ctypes.CDLL | None:
                     candidates.append(path)
     except OSError:
         pass
+    mapped = bool(candidates)
     if not candidates:  # no /proc (macOS): the copy an h5py wheel bundles, or the system's
         here = os.path.dirname(h5py.__file__)
         for pattern in ("../h5py.libs/libhdf5-*", ".dylibs/libhdf5.*"):
@@ -142,6 +151,10 @@ def _libhdf5() -> ctypes.CDLL | None:
         try:
             lib = ctypes.CDLL(path)
             setter, getter = lib.H5Pset_metadata_read_attempts, lib.H5Pget_metadata_read_attempts
+            if not mapped and not _same_version(lib):
+                continue
+            if not mapped:  # maybe another copy: its error stack must not print on stderr
+                lib.H5Eset_auto2(ctypes.c_int64(0), None, None)
         except (OSError, AttributeError):
             continue
         setter.argtypes, setter.restype = [ctypes.c_int64, ctypes.c_uint], ctypes.c_int
@@ -150,6 +163,14 @@ def _libhdf5() -> ctypes.CDLL | None:
         if _bounded_fapl(lib) is not None:  # the same library as h5py's: the call took
             return lib
     return None
+
+
+def _same_version(lib: ctypes.CDLL) -> bool:
+    """Whether ``lib`` is the HDF5 version h5py was built with."""
+    v = [ctypes.c_uint(0) for _ in range(3)]
+    if lib.H5get_libversion(*map(ctypes.byref, v)) < 0:
+        return False
+    return tuple(x.value for x in v) == tuple(h5py.version.hdf5_version_tuple[:3])
 
 
 def _bounded_fapl(lib: ctypes.CDLL) -> h5py.h5p.PropFAID | None:
@@ -169,12 +190,14 @@ _PROBE = """
 import sys, h5py
 from fedkd_mpi.storage.reading import walk
 with h5py.File(sys.argv[1], "r", libver="latest", swmr=True) as f:
-    walk(f, data=True)
+    walk(f, data=sys.argv[2] == "1")
 """
 
 
-def _open_swmr(path: Path) -> h5py.File:
-    """An SWMR reader of ``path`` that cannot hang on damaged metadata."""
+def _open_swmr(path: Path, data: bool = True) -> h5py.File:
+    """An SWMR reader of ``path`` that cannot hang on damaged metadata (where the attempts
+    cannot be bounded, a child process reads it first: the metadata, with ``data`` every
+    dataset too)."""
     lib = None if os.environ.get(NO_BOUND_ENV) else _libhdf5()
     fapl = _bounded_fapl(lib) if lib is not None else None
     if fapl is not None:
@@ -182,8 +205,9 @@ def _open_swmr(path: Path) -> h5py.File:
                             fapl=fapl)
         return h5py.File(fid)
     try:  # unbounded attempts: a child process must read the metadata in bounded time first
-        res = subprocess.run([sys.executable, "-c", _PROBE, str(path)], capture_output=True,
-                             text=True, timeout=PROBE_TIMEOUT_S, env=_child_env())
+        res = subprocess.run([sys.executable, "-c", _PROBE, str(path), str(int(data))],
+                             capture_output=True, text=True, timeout=PROBE_TIMEOUT_S,
+                             env=_child_env())
     except subprocess.TimeoutExpired:
         raise UnreadableRunFile(path, "corrupted (its metadata could not be read within "
                                 f"{PROBE_TIMEOUT_S:.0f} s)") from None
@@ -219,7 +243,7 @@ def walk(f: h5py.File, data: bool = False) -> None:
 
 def _writer_dead(f: h5py.File) -> bool:
     """True when the file's writer (root attr ``writer``) ran on this host and is gone."""
-    from fedkd_mpi.storage.liveness import writer_alive  # imports this module's users
+    from fedkd_mpi.storage.owner import writer_alive
 
     raw = f.attrs.get("writer", "")
     return writer_alive(raw.decode() if isinstance(raw, bytes) else str(raw)) is False
@@ -241,17 +265,18 @@ def open_run(path: str | Path, verify: bool = True) -> h5py.File:
     if path.is_dir():
         raise IsADirectoryError(21, "is a directory", str(path))
     if size == 0:
-        raise UnreadableRunFile(path, "an empty file, 0 bytes", damaged=False)
+        raise UnreadableRunFile(path, "an empty file, 0 bytes", "not_run_file")
     sb = superblock(path)
     try:
         f = h5py.File(path, "r")
     except (OSError, RuntimeError, ValueError) as exc:
         text = str(exc)
-        held = "already open for write" in text or "consistency flags" in text
+        held = any(s in text for s in ("already open for write", "consistency flags",
+                                       "unable to lock file"))
         if not (held or ("truncated file" in text and sb is not None and sb.swmr_flagged)):
             raise damage(path, exc) from None
         try:  # an SWMR writer's file (live or killed): bounded SWMR reader
-            f = _open_swmr(path)
+            f = _open_swmr(path, data=sb is None or sb.stored_eof <= sb.size)
         except (OSError, RuntimeError, ValueError, KeyError) as exc2:
             raise damage(path, exc2) from None
         try:

@@ -3,7 +3,8 @@ directories of every rank (also of ranks that MPI_Abort killed), the lease, temp
 beside the output and in the checkpoint directory.
 
 Before the spill watcher (fedkd_mpi/storage/janitor.py), a failure on rank 1 left rank 2's
-spill directory behind in $TMPDIR (it was killed by MPI_Abort before its own clean-up)."""
+spill directory behind in $TMPDIR (it was killed by MPI_Abort before its own clean-up); a
+failure on rank 0 leaves both client ranks' behind the same way."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def _gone(spill: Path, timeout: float = 5.0) -> list[Path]:
     return list(spill.iterdir())
 
 
-@pytest.mark.parametrize("fault", ["1:2", "2:2", "0:2"], ids=["rank1", "rank2", "rank0"])
+@pytest.mark.parametrize("fault", ["1:2", "0:2"], ids=["rank1", "rank0"])
 def test_a_failure_leaves_no_temporary_files(tmp_path, fault):
     spill = tmp_path / "spill"
     spill.mkdir()

@@ -259,8 +259,10 @@ def test_killed_run_is_recognised_and_repaired(tmp_path, capsys):
         while not pidfile.exists():
             assert job.proc.poll() is None and time.monotonic() < end, job.stderr
             time.sleep(0.1)
-        assert main(["repair", str(out)]) == 2  # the writer is alive: refused
-        assert "still being written" in capsys.readouterr().err
+        assert main(["repair", str(out)]) == 2  # the writer is alive: refused by its lease
+        err = capsys.readouterr().err
+        assert err.startswith(f"fedkd-mpi repair: 'output' {out} is in use by another job: run "
+                              "by pid "), err
         assert main(["report", "--no-figures", str(out)]) == 0
         assert "still running (pid" in capsys.readouterr().out
     finally:
