@@ -63,9 +63,14 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_config(args.config, args.overrides)
             if not args.resume_state:
                 from fedkd_mpi.runtime.preflight import preflight
-                from fedkd_mpi.storage.paths import check_written_paths
+                from fedkd_mpi.storage.paths import check_written_paths, spill_dir_error
 
                 check_written_paths(cfg, overwrite=True)  # existence is run's business
+                # the spill directory is node-local: this host's here, each rank's at run
+                cap = cfg.runtime.resident_clients
+                spill = spill_dir_error(cfg, cap + 1, "this host") if cap else ""
+                if spill:
+                    raise ConfigError(spill)
                 preflight(cfg)
             state = _resume_state(cfg) if args.resume_state else ""
         except ConfigError as exc:

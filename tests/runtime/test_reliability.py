@@ -379,6 +379,10 @@ def test_written_paths_checked_before_training(tmp_path, capsys):
     for override, want in cases:  # fedkd-mpi validate checks them too, without MPI
         assert main(["validate", str(TINY), f"output={tmp_path / 'v.h5'}", override]) == 2
         assert capsys.readouterr().err.startswith(want)
+    assert main(["validate", str(TINY), f"output={tmp_path / 'v.h5'}",  # this host's spill
+                 "runtime.resident_clients=1", f"runtime.spill_dir={afile}"]) == 2
+    assert capsys.readouterr().err == (f"config error: 'runtime.spill_dir' ({afile}) is a file; "
+                                       "it must be a directory (on this host)\n")
     out = tmp_path / "old.h5"
     out.write_bytes(b"last week's results")
     for override, want in [*cases[:1], (
