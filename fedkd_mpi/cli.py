@@ -40,12 +40,17 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true",
                    help="repair even when the writer, on another host, looks alive (its "
                    "heartbeat is recent)")
+    sub.add_parser("plugins", help="list every registered name per axis: origin and settings")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
+    if args.command == "plugins":
+        from fedkd_mpi.catalog import main as catalog
+
+        return catalog()
     if args.command in analysis_commands.COMMANDS or args.command == "repair":
         if extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
