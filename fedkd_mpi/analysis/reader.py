@@ -212,7 +212,12 @@ def _read(path: Path, f: h5py.File, version: int) -> Run:
     timing = _long(rank_ds, n, round_no, "rank")
     if len(timing):
         timing.insert(2, "role", np.where(timing["rank"] == 0, "server", "client"))
-    layer_df = _layers(layers, n, round_no)
+    sent = None  # clients whose upload was sent and used: -1 also marks the others
+    if "participated" in client_ds:
+        sent = np.asarray(client_ds["participated"][:n]) > 0
+        if "skipped" in client_ds:
+            sent &= np.asarray(client_ds["skipped"][:n]) == 0
+    layer_df = _layers(layers, n, round_no, sent)
     if "energy_threshold" in rounds and len(layer_df):
         layer_df["energy_threshold"] = np.repeat(rounds["energy_threshold"].to_numpy(),
                                                  len(layer_df) // max(n, 1))
@@ -235,8 +240,10 @@ def _long(ds: dict[str, h5py.Dataset], n: int, round_no: np.ndarray, key: str) -
     return pd.DataFrame(cols)
 
 
-def _layers(g: h5py.Group | None, n: int, round_no: np.ndarray) -> pd.DataFrame:
-    """One row per (round, layer): K of the broadcast and of the clients' uploads."""
+def _layers(g: h5py.Group | None, n: int, round_no: np.ndarray,
+            sent: np.ndarray | None = None) -> pd.DataFrame:
+    """One row per (round, layer): K of the broadcast and of the clients' uploads (``sent``:
+    [round, client] the uploads that count; a dense upload and an absent one are both -1)."""
     cols = ["round", "layer", "name", "rows", "cols", "full_rank", "rank_down", "rank_up_min",
             "rank_up_mean", "rank_up_max", "dense_up_clients", "rank_down_share",
             "rank_up_share"]
@@ -250,7 +257,8 @@ def _layers(g: h5py.Group | None, n: int, round_no: np.ndarray) -> pd.DataFrame:
             else np.full((n, nl), -1))
     up = (np.asarray(g["rank_up"][:n, :, :nl], np.float64) if "rank_up" in g
           else np.full((n, 0, nl), np.nan))
-    dense_up = (up == -1).sum(axis=1)
+    dense_up = ((up == -1) & (sent[:, :, None] if sent is not None and sent.shape ==
+                              up.shape[:2] else True)).sum(axis=1)
     # rank of a factorised upload; dense uploads (-1) and non-participants (< -1) are left out
     fac = np.where(up >= 0, up, np.nan)
     with np.errstate(all="ignore"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from tabulate import tabulate
 
 from fedkd_mpi.analysis import plots
 from fedkd_mpi.analysis.reader import MODELS, PHASE_LABELS, PHASES, Run, config_get
+from fedkd_mpi.config import changed_settings
 
 
 def fmt(x: float, digits: int = 4) -> str:
@@ -52,6 +54,9 @@ def summary_rows(run: Run) -> list[list[str]]:
     elif alg == "local":
         alg_desc += f" (model: {_cfg(run, 'local.model')})"
     rows += [["algorithm", alg_desc],
+             ["aggregator", str(_cfg(run, "train.aggregation", "uniform"))],
+             ["non-default settings", textwrap.fill(" ".join(changed_settings(run.config))
+                                                    or "(all defaults)", 72)],
              ["seed / clients / ranks", f"{s.seed} / {s.num_clients} / {s.world_size}"],
              ["data", f"{_cfg(run, 'data.name')}, {_cfg(run, 'data.partition')} partition"],
              ["mentor / mentee", f"{_model_desc(run, 'mentor')} / {_model_desc(run, 'mentee')}"]]
@@ -202,7 +207,12 @@ def fig_metric_vs_mb(run: Run, out: Path, fmt_: str) -> Path:
 
 
 def fig_rank_heatmap(run: Run, out: Path, fmt_: str) -> Path | None:
-    """Server broadcast K per factorised layer over rounds, with T_r above it."""
+    """Server broadcast K per factorised layer over rounds, with T_r above it; only for a
+    codec whose meta is a rank (attr ``layer_meta``; files before it: the SVD codec's)."""
+    codec = _cfg(run, "fedkd.codec" if run.summary.algorithm == "fedkd" else "fedavg.codec",
+                 None)
+    if run.attrs.get("layer_meta", "rank" if codec in (None, "svd") else "") != "rank":
+        return None
     lay = run.layers
     if not len(lay) or not ((lay["rank_down"] >= 0).any() or lay["rank_up_mean"].notna().any()):
         return None

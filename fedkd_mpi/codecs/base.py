@@ -63,6 +63,10 @@ class Codec(Registered, ABC):
     wire_dtype: ClassVar[np.dtype] = np.dtype(np.float32)
     #: the built-in config section holding this codec's settings (None: ``plugins.<name>``)
     section: ClassVar[str | None] = None
+    #: what the per-tensor ``meta`` holds, recorded in the run file (attr ``layer_meta``) for
+    #: ``layers/rank_up`` / ``rank_down``: ``"rank"`` (a factor rank, -1 = sent dense) draws
+    #: ``report``'s rank heat map; anything else (the default) is plotted nowhere
+    meta_means: ClassVar[str] = "codec-specific"
 
     def __init__(self, settings: Any, specs: Sequence[TensorSpec], seed: int, rounds: int) -> None:
         self.settings = settings

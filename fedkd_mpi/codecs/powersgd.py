@@ -123,6 +123,7 @@ class PowerSGDCodec(Codec):
     State = PowerSGDState
 
     section = "powersgd"
+    meta_means = "rank"
 
     def encode(self, tensors, rnd, state: PowerSGDState):
         s = self.settings

@@ -126,6 +126,7 @@ class SVDCodec(Codec):
         self.wire_dtype = np.dtype(settings.factor_dtype)  # type: ignore[misc]
 
     section = "svd"
+    meta_means = "rank"
 
     @property
     def extended(self) -> bool:

@@ -4,6 +4,7 @@
 from fedkd_mpi.config.loader import (
     MAX_CONFIG_BYTES,
     apply_override,
+    changed_settings,
     config_from_dict,
     config_from_yaml_text,
     load_config,
@@ -26,5 +27,5 @@ from fedkd_mpi.config.schema import (
 
 __all__ = ["CHECKPOINT_MANIFEST", "MAX_CONFIG_BYTES", "Config", "ConfigError", "DataConfig",
            "FedAvgConfig", "FedKDConfig", "ModelConfig", "RuntimeConfig", "SVDConfig",
-           "TrainConfig", "TransformerSpec", "apply_override", "checkpoint_dir",
+           "TrainConfig", "TransformerSpec", "apply_override", "changed_settings", "checkpoint_dir",
            "config_from_dict", "config_from_yaml_text", "load_config", "resume_state"]

@@ -305,3 +305,23 @@ def config_from_dict(tree: dict[str, Any]) -> Config:
 
 def config_from_yaml_text(text: str) -> Config:
     return config_from_dict(yaml.safe_load(text) or {})
+
+
+def changed_settings(tree: dict[str, Any], skip: tuple[str, ...] = ("output", "runtime")
+                     ) -> list[str]:
+    """``key=value`` for every setting of a resolved config (``Config.model_dump`` or the run
+    file's ``config`` attr) that differs from the default, dotted, in schema order; the
+    sections in ``skip`` (where the output goes, how it runs) left out."""
+    default = Config().model_dump(mode="json")
+
+    def walk(node: Any, ref: Any, path: str) -> list[str]:
+        if isinstance(node, dict):
+            keys = list(ref) + [k for k in node if not isinstance(ref, dict) or k not in ref] \
+                if isinstance(ref, dict) else list(node)
+            return [item for k in keys if k in node for item in
+                    walk(node[k], ref.get(k) if isinstance(ref, dict) else None,
+                         f"{path}.{k}" if path else str(k))]
+        return [] if node == ref else [f"{path}={node}"]
+
+    return [item for item in walk(tree, default, "") if item.split("=", 1)[0].split(".")[0]
+            not in skip]

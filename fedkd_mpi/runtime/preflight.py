@@ -98,8 +98,11 @@ def _check_plugin_sections(cfg: Config, used: list[type]) -> None:
     """Every ``plugins.<name>`` section names an implementation this run uses or one that is
     registered on some axis (a sweep may vary the choice): a misspelled section is never
     silently ignored."""
+    from fedkd_mpi.codecs.base import Codec  # a codec-less run (local) still knows codecs
+
     known = {str(getattr(c, "name", "")) for c in used}
-    for registry in {id(c.registry): c.registry for c in used if hasattr(c, "registry")}.values():
+    for registry in {id(c.registry): c.registry for c in [*used, Codec]
+                     if hasattr(c, "registry")}.values():
         known.update(registry.names())
     for key in cfg.plugins:
         if key not in known:
@@ -130,23 +133,37 @@ def _check_codec(alg, cfg: Config) -> None:
         if declared != body.nbytes:
             raise ValueError(f"body_nbytes(meta) declares {declared} bytes, the payload holds "
                              f"{body.nbytes}")
-        out = codec.decode(payload)
-        got = [tuple(t.shape) for t in out]
-        if got != [tuple(s.shape) for s in specs]:
-            raise ValueError(f"decode returned shapes {got[:3]}..., expected the specs' shapes")
+        _check_tensors("decode", codec.decode(payload), specs)
     except Exception as exc:
         raise ConfigError(f"config error: '{field}': codec '{name}' failed its probe: "
                           f"{type(exc).__name__}: {exc}") from None
 
 
+def _check_tensors(what: str, out: object, specs) -> None:
+    """ValueError naming the first tensor that is not a float32 torch tensor of its spec's
+    shape (and the cause: a numpy array, a missing or extra tensor)."""
+    out = list(out)  # type: ignore[call-overload]
+    if len(out) != len(specs):
+        raise ValueError(f"{what} returned {len(out)} tensors, expected {len(specs)}")
+    for t, s in zip(out, specs, strict=True):
+        if isinstance(t, np.ndarray):
+            raise ValueError(f"{what} returned a numpy array for tensor {s.name}, expected a "
+                             "torch tensor (torch.from_numpy)")
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{what} returned {type(t).__name__} for tensor {s.name}, expected "
+                             "a torch tensor")
+        if tuple(t.shape) != tuple(s.shape):
+            raise ValueError(f"{what} returned shape {tuple(t.shape)} for tensor {s.name}, "
+                             f"expected {tuple(s.shape)}")
+        if t.dtype != torch.float32:
+            raise ValueError(f"{what} returned {t.dtype} for tensor {s.name}, expected "
+                             "torch.float32")
+
+
 def _check_aggregator(aggregator, specs) -> None:
     ups = [_probe_update(specs, 1.0, s) for s in (1, 2, 3)]  # 3: what a median needs
     try:
-        out = aggregator.aggregate(ups, np.array([10, 20, 30]))
-        if [tuple(t.shape) for t in out] != [tuple(s.shape) for s in specs]:
-            raise ValueError("the aggregate has other shapes than the updates")
-        if any(t.dtype != torch.float32 for t in out):
-            raise ValueError("the aggregate is not float32")
+        _check_tensors("aggregate", aggregator.aggregate(ups, np.array([10, 20, 30])), specs)
     except Exception as exc:
         raise ConfigError(f"config error: 'train.aggregation': aggregator "
                           f"'{aggregator.name}' failed its probe: {type(exc).__name__}: "

@@ -10,7 +10,7 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from fedkd_mpi.comm.wire import SKIP, Message, pack, pack_skip, unpack
+from fedkd_mpi.comm.wire import SKIP, Message, WireError, pack, pack_skip, unpack
 from fedkd_mpi.data import FederatedData
 from fedkd_mpi.metrics import metric_names
 from fedkd_mpi.runtime.checkpoint import EXIT_INTERRUPTED, checkpoint_dir, drop_checkpoint
@@ -96,8 +96,13 @@ def _exchange(ctx: Context, fed: FederatedData, rnd: int, mask: np.ndarray) -> d
     part = np.flatnonzero(mask)  # sampled clients; the others sent 0 bytes
     if any(msgs[c].size for c in np.flatnonzero(~mask)):
         raise RuntimeError(f"round {rnd + 1}: a client that was not sampled sent bytes")
-    parsed = [unpack(msgs[c], alg.wire_specs, codec.body_nbytes, codec.wire_dtype)
-              for c in part]
+    parsed = []
+    for c in part:
+        try:
+            parsed.append(unpack(msgs[c], alg.wire_specs, codec.body_nbytes, codec.wire_dtype))
+        except WireError as exc:  # which client, which codec: the one line says it
+            raise WireError(f"round {rnd + 1}: the upload of client {c} does not parse with "
+                            f"codec '{alg.codec_name}': {exc}") from None
     inject_fault(0, rnd)  # test hook FEDKD_MPI_FAULT=0:ROUND (rank 0 mid-round)
     _check_uploads(ctx, rnd, part, parsed, out["skipped"], out["rank_up"])
     out["up"][:] = [b.size for b in msgs]

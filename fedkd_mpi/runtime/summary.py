@@ -12,7 +12,7 @@ from mpi4py import MPI
 
 from fedkd_mpi import __version__
 from fedkd_mpi.comm.wire import header_bytes
-from fedkd_mpi.config import Config
+from fedkd_mpi.config import Config, changed_settings
 from fedkd_mpi.data import FederatedData
 from fedkd_mpi.metrics import metric_names
 from fedkd_mpi.runtime.context import Context
@@ -44,6 +44,7 @@ def writer_for(ctx: Context, fed: FederatedData, attrs: dict[str, object]) -> Ru
         dense_bytes_mentor=dense_message_bytes(count_trainable(cfg, "mentor", fed.num_classes)),
         client_rank=ctx.placement.client_rank,
         metric_names=metric_names(cfg.data.metric, fed.num_classes),
+        layer_meta=type(alg.codec).meta_means if alg.codec is not None else "none",
     )
     extra = tuple(f"{role}_{m}" for m in attrs["metric_names"] for role in ("mentor", "mentee"))
     if ctx.start > 0:  # resume: same file, per-round datasets cut back to the checkpoint
@@ -90,8 +91,10 @@ def print_summary(cfg: Config) -> bool:
         print(f"fedkd-mpi: no end-of-run summary: {exc}", file=sys.stderr, flush=True)
         return False
     s = run.summary
-    print(tabulate([["algorithm", s.algorithm], ["rounds", s.rounds_completed],
-                    ["clients", s.num_clients]], tablefmt="plain", disable_numparse=True))
+    print(tabulate([["algorithm", s.algorithm], ["aggregator", cfg.train.aggregation],
+                    ["rounds", s.rounds_completed], ["clients", s.num_clients]],
+                   tablefmt="plain", disable_numparse=True))
+    print(settings_text(cfg.model_dump(mode="json")))
     rows = [[name, _fmt(s.final[f"mentor_{name}"]), _fmt(s.final[f"mentee_{name}"]),
              _fmt(s.majority_rate) if name == "accuracy" else ""] for name in s.metric_names]
     print(tabulate(rows, headers=["held-out (mean over clients)", "mentor", "mentee",
@@ -106,6 +109,17 @@ def print_summary(cfg: Config) -> bool:
           "class; reductions: the same messages carrying that model dense, against the bytes "
           "sent up+down)", flush=True)
     return True
+
+
+def settings_text(tree: dict) -> str:
+    """Every non-default setting (output and runtime aside), wrapped: the line that tells two
+    runs apart (shared with ``fedkd-mpi report``)."""
+    import textwrap
+
+    items = changed_settings(tree)
+    return textwrap.fill(" ".join(items) or "(all defaults)", width=96,
+                         initial_indent="settings    ", subsequent_indent=" " * 12,
+                         break_on_hyphens=False, break_long_words=False)
 
 
 def _x(v: float) -> str:

@@ -375,3 +375,16 @@ def test_report_on_killed_run(tmp_path, capsys):
     run = load(path)
     assert not run.summary.complete and run.summary.status_note.startswith("killed: ")
     assert math.isfinite(run.summary.mb_per_client)
+
+
+def test_rank_heat_map_only_for_codecs_whose_meta_is_a_rank(tmp_path, capsys):
+    """top-k's meta is a count of values, not a rank: no 'svd_rank' figure for it (it used
+    to plot K = 576 as the 'rank' of a tensor of full rank 8); the run file says what the meta
+    holds (attr layer_meta)."""
+    path = tmp_path / "topk.h5"
+    res = run_job(3, "run", str(TINY), f"output={path}", "algorithm=topk", "train.rounds=2")
+    assert res.returncode == 0, res.stderr
+    with h5py.File(path, "r") as f:
+        assert f.attrs["layer_meta"] == "codec-specific"
+    rc, _, _ = _cli(capsys, "report", str(path), "--out", str(tmp_path / "fig"))
+    assert rc == 0 and "svd_rank.png" not in {p.name for p in (tmp_path / "fig").iterdir()}

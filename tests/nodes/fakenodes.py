@@ -2,10 +2,12 @@
 
 Each node is a holder process (``sleep infinity``) in its own network, UTS and mount
 namespace (``unshare``): its own hostname (``node0`` ...), its own IP (``10.77.0.<i+1>/24``)
-on a veth attached to one Linux bridge, a private tmpfs on ``/tmp`` and ``/dev/shm``, and a
-private ``/etc/hosts`` (bind-mounted) that names every node. Everything else (the project,
-``.venv``, ``/var/tmp``) is the machine's, so it is shared by every node like a cluster's
-network file system. No PID namespace: a node's processes are ordinary pids here.
+on a veth attached to one Linux bridge, a private tmpfs on ``/tmp`` and ``/dev/shm`` (with the
+project and the Python environment bound back in where they live under /tmp, as a CI clone
+may), its own sysfs, and a private ``/etc/hosts`` (bind-mounted) that names every node.
+Everything else (the project, ``.venv``, ``/var/tmp``) is the machine's, so it is shared by
+every node like a cluster's network file system. No PID namespace: a node's processes are
+ordinary pids here.
 
 MPICH's Hydra starts its proxies through :attr:`FakeNodes.wrapper`, an ``ssh`` stand-in
 (``WRAPPER HOST COMMAND...``: the command is joined and run by ``/bin/sh`` inside HOST's
@@ -22,6 +24,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -41,7 +44,9 @@ exec nsenter -t "$pid" -n -u -m --wd="$PWD" -- /bin/sh -c "$*"
 
 HOLDER = """set -e
 hostname {name}
+{keep_before}
 mount -t tmpfs -o mode=1777,size=1g tmpfs /tmp
+{keep_after}
 mount -t tmpfs -o mode=1777,size=256m tmpfs /dev/shm
 mount --bind {hosts} /etc/hosts
 mount -t sysfs sysfs /sys  # the node's own network devices (UCX lists /sys/class/net)
@@ -139,7 +144,14 @@ class FakeNodes:
                                    f"{res.stdout.strip()} {res.stderr.strip()}")
 
     def _holder(self, name: str) -> subprocess.Popen:
-        script = HOLDER.format(name=name, hosts=self.hosts)
+        hold = self.base / f"hold-{name}"  # the kept folders, while /tmp is replaced
+        keep = _kept_under_tmp()
+        before = "\n".join(f"mkdir -p {hold}/k{i}; mount --bind {p} {hold}/k{i}"
+                           for i, p in enumerate(keep))
+        after = "\n".join(f"mkdir -p {p}; mount --bind {hold}/k{i} {p}"
+                          for i, p in enumerate(keep))
+        script = HOLDER.format(name=name, hosts=self.hosts, keep_before=before,
+                               keep_after=after)
         proc = subprocess.Popen(["unshare", "--net", "--uts", "--mount", "--propagation",
                                  "private", "sh", "-c", script], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -229,6 +241,21 @@ class FakeNodes:
             if not left or time.monotonic() > end:
                 return left
             time.sleep(0.1)
+
+
+def _kept_under_tmp() -> list[str]:
+    """The folders under /tmp that every node must still see through its private /tmp: the
+    project and the Python environment when they live there (a CI clone in /tmp)."""
+    out = set()
+    for p in (Path(__file__).resolve().parents[2], Path(sys.prefix).resolve(),
+              Path(sys.executable).resolve().parent):
+        try:
+            rel = p.relative_to("/tmp")
+        except ValueError:
+            continue
+        if rel.parts:
+            out.add(f"/tmp/{rel.parts[0]}")
+    return sorted(out)
 
 
 def sweep_stale() -> None:

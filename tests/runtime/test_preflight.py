@@ -3,10 +3,15 @@ implementation is tried on real data and fails with one line naming its config f
 
 from __future__ import annotations
 
+import re
+
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from fedkd_mpi.aggregators import Aggregator
+from fedkd_mpi.codecs.base import Codec
 from fedkd_mpi.codecs.dense import DenseCodec
 from fedkd_mpi.config import ConfigError, load_config
 from fedkd_mpi.models import EncoderOutput, ModelFamily
@@ -64,9 +69,10 @@ def _line(*overrides: str) -> str:
 
 
 def test_the_tiny_config_and_every_codec_pass():
-    for codec in ("svd", "dense", "topk", "powersgd", "fedpaq"):
+    """Every built-in codec and aggregator, from the registries (a new one is covered)."""
+    for codec in Codec.registry.builtin_names():
         preflight(load_config(TINY, [f"fedkd.codec={codec}"]))
-    for agg in ("uniform", "weighted", "median", "trimmed_mean"):
+    for agg in Aggregator.registry.builtin_names():
         preflight(load_config(TINY, ["algorithm=fedavg", f"train.aggregation={agg}"]))
 
 
@@ -113,3 +119,30 @@ def test_misspelled_plugin_sections_and_settings_are_refused():
         preflight(load_config(tiny, ["train.aggregation=fedavgm",
                                      "plugins.fedavgm.momentun=0.5"]))
     preflight(load_config(tiny, ["plugins.fedavgm.momentum=0.5"]))
+
+
+class NumpyMean(Aggregator):
+    """A plug-in mistake seen from outside: numpy arrays instead of torch tensors."""
+
+    name = "numpy_mean"
+
+    def aggregate(self, updates, num_samples):
+        return [np.mean([u[j].numpy() for u in updates], axis=0)
+                for j in range(len(updates[0]))]
+
+
+class Flat(Aggregator):
+    name = "flat_mean"
+
+    def aggregate(self, updates, num_samples):
+        return [u.reshape(-1) for u in next(iter(updates))]
+
+
+def test_aggregator_probe_names_the_tensor_and_the_cause():
+    line = _line(f"train.aggregation={__name__}:NumpyMean")
+    assert re.fullmatch(r"config error: 'train\.aggregation': aggregator 'numpy_mean' failed "
+                        r"its probe: ValueError: aggregate returned a numpy array for tensor "
+                        r"\S+, expected a torch tensor \(torch\.from_numpy\)", line), line
+    line = _line(f"train.aggregation={__name__}:Flat")
+    assert re.fullmatch(r".*aggregate returned shape \(\d+,\) for tensor \S+, expected "
+                        r"\(\d+, \d+\)", line), line
