@@ -105,6 +105,12 @@ def _check_plugin_sections(cfg: Config, used: list[type]) -> None:
                      if hasattr(c, "registry")}.values():
         known.update(registry.names())
     for key in cfg.plugins:
+        for c in used:  # this run's implementation of that name reads no plugins.<name>
+            if getattr(c, "name", None) == key and getattr(c, "Settings", None) is None:
+                where = getattr(c, "section", None)
+                raise ConfigError(f"config error: 'plugins.{key}': '{key}' takes no plugins "
+                                  "settings" + (f" (its settings are the '{where}:' section)"
+                                                if where else "") + "; remove the section")
         if key not in known:
             raise ConfigError(f"config error: 'plugins.{key}': no registered implementation is "
                               f"named '{key}' (registered: {', '.join(sorted(known - {''}))})"

@@ -119,6 +119,9 @@ def test_misspelled_plugin_sections_and_settings_are_refused():
         preflight(load_config(tiny, ["train.aggregation=fedavgm",
                                      "plugins.fedavgm.momentun=0.5"]))
     preflight(load_config(tiny, ["plugins.fedavgm.momentum=0.5"]))
+    with pytest.raises(ConfigError, match=r"^config error: 'plugins\.svd': 'svd' takes no "
+                       r"plugins settings \(its settings are the 'svd:' section\)"):
+        preflight(load_config(tiny, ["plugins.svd.t_start=0.5"]))
 
 
 class NumpyMean(Aggregator):
