@@ -26,7 +26,7 @@ def test_a_job_from_another_node_cannot_take_a_live_output(nodes, shared):
                "runtime.checkpoint_every=1")
     try:
         live.wait_for("round 2/")
-        for extra in (("--resume",), ("--overwrite",)):
+        for extra in (("--resume",),):  # --overwrite: the same lease (test_lease.py)
             second = Job(nodes, OTHER, out, *COMMON[:1], "train.rounds=400", *COMMON[2:],
                          "runtime.checkpoint_every=1", *extra)
             # its own mpiexec only: Job.wait would also reap the live job's processes
