@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -36,3 +37,25 @@ def tiny_run(tmp_path):
         return res, out
 
     return _run
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """``small_fs(size)``: a fresh tmpfs of that size (skips where mounting is not allowed)."""
+    mounted: list[Path] = []
+
+    def make(size: str) -> Path:
+        d = tmp_path / f"fs{len(mounted)}"
+        d.mkdir()
+        if os.geteuid() != 0 or shutil.which("mount") is None:
+            pytest.skip("the full-disk cases mount a small tmpfs, which needs root")
+        res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(d)],
+                             capture_output=True, text=True)
+        if res.returncode:
+            pytest.skip(f"cannot mount a small tmpfs here ({res.stderr.strip()})")
+        mounted.append(d)
+        return d
+
+    yield make
+    for d in mounted:
+        subprocess.run(["umount", "-l", str(d)], capture_output=True)

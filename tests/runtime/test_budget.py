@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import os
 import resource
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -89,26 +88,6 @@ def test_run_refuses_a_huge_model_before_building(tmp_path, huge_cannot_fit):
 # ---------------------------------------------------------------------------------------
 # disk: a checkpoint or the spilled clients that cannot fit (a small tmpfs)
 # ---------------------------------------------------------------------------------------
-@pytest.fixture
-def small_fs(tmp_path):
-    """``small_fs(size)``: a fresh tmpfs of that size (skips where mounting is not allowed)."""
-    mounted: list[Path] = []
-
-    def make(size: str) -> Path:
-        d = tmp_path / f"fs{len(mounted)}"
-        d.mkdir()
-        if os.geteuid() != 0 or shutil.which("mount") is None:
-            pytest.skip("the full-disk cases mount a small tmpfs, which needs root")
-        res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(d)],
-                             capture_output=True, text=True)
-        if res.returncode:
-            pytest.skip(f"cannot mount a small tmpfs here ({res.stderr.strip()})")
-        mounted.append(d)
-        return d
-
-    yield make
-    for d in mounted:
-        subprocess.run(["umount", "-l", str(d)], capture_output=True)
 
 
 def _validate(*overrides: str) -> subprocess.CompletedProcess:

@@ -286,26 +286,6 @@ def test_killed_run_is_recognised_and_repaired(tmp_path, capsys):
 # ---------------------------------------------------------------------------------------
 # a full file system (a small tmpfs)
 # ---------------------------------------------------------------------------------------
-@pytest.fixture
-def small_fs(tmp_path):
-    """``small_fs(size)``: a fresh tmpfs of that size (skips where mounting is not allowed)."""
-    mounted: list[Path] = []
-
-    def make(size: str) -> Path:
-        d = tmp_path / f"fs{len(mounted)}"
-        d.mkdir()
-        if os.geteuid() != 0 or shutil.which("mount") is None:
-            pytest.skip("the full-disk cases mount a small tmpfs, which needs root")
-        res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(d)],
-                             capture_output=True, text=True)
-        if res.returncode:
-            pytest.skip(f"cannot mount a small tmpfs here ({res.stderr.strip()})")
-        mounted.append(d)
-        return d
-
-    yield make
-    for d in mounted:
-        subprocess.run(["umount", "-l", str(d)], capture_output=True)
 
 
 def test_no_space_at_start_is_one_line_and_keeps_the_old_file(tmp_path, small_fs):
