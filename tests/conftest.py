@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -59,3 +60,13 @@ def small_fs(tmp_path):
     yield make
     for d in mounted:
         subprocess.run(["umount", "-l", str(d)], capture_output=True)
+
+
+def wait_for_output(job, text: str, timeout: float = 150) -> None:
+    """Until ``text`` is in ``job.stdout`` (a background job with ``proc``, ``stdout`` and
+    ``stderr``); fails when the job ends first or ``timeout`` passes."""
+    end = time.monotonic() + timeout
+    while text not in job.stdout:
+        assert job.proc.poll() is None, f"job ended first\n{job.stdout}\n{job.stderr}"
+        assert time.monotonic() < end, f"no {text!r} within {timeout} s"
+        time.sleep(0.05)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ..conftest import FEDKD, MPIEXEC, ROOT, TINY
+from ..conftest import FEDKD, MPIEXEC, ROOT, TINY, wait_for_output
 from .fakenodes import FakeNodes, NodesUnavailable
 
 NODES = 3
@@ -75,11 +75,7 @@ class Job:
         return Path(f"{self.log}.err").read_text()
 
     def wait_for(self, text: str, timeout: float = 150) -> None:
-        end = time.monotonic() + timeout
-        while text not in self.stdout:
-            assert self.proc.poll() is None, f"job ended first\n{self.stdout}\n{self.stderr}"
-            assert time.monotonic() < end, f"no {text!r} within {timeout} s"
-            time.sleep(0.05)
+        wait_for_output(self, text, timeout)
 
     def wait(self, timeout: float = 230) -> int:
         """The exit status of mpiexec. Afterwards no process of the job is left: those still

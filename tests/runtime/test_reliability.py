@@ -29,7 +29,7 @@ from fedkd_mpi.cli import main
 from fedkd_mpi.storage.disk import StorageError
 from fedkd_mpi.storage.h5 import RunWriter, open_live, run_state
 
-from ..conftest import FEDKD, MPIEXEC, ROOT, TINY, run_job
+from ..conftest import FEDKD, MPIEXEC, ROOT, TINY, run_job, wait_for_output
 
 N = 2  # server + one client rank hosting the 3 clients: the cheapest real job
 
@@ -75,11 +75,7 @@ class Job:
         return self.err.read_text()
 
     def wait_for(self, text: str, timeout: float = 150) -> None:
-        end = time.monotonic() + timeout
-        while text not in self.stdout:
-            assert self.proc.poll() is None, f"job ended first\n{self.stdout}\n{self.stderr}"
-            assert time.monotonic() < end, f"no {text!r} within {timeout} s"
-            time.sleep(0.05)
+        wait_for_output(self, text, timeout)
 
     def ranks(self) -> list[int]:
         """pids of the fedkd-mpi ranks (python processes under mpiexec)."""
