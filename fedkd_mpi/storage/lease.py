@@ -49,6 +49,7 @@ class Holder:
     job: str
     started_unix: float
     heartbeat_unix: float
+    slurm: str = ""  # SLURM_JOB_ID:SLURM_RESTART_COUNT of the owner, '' outside SLURM
 
     def describe(self, now: float) -> str:
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started_unix))
@@ -64,7 +65,8 @@ def read_holder(path: Path) -> Holder | None:
             raw = fh.read(_MAX_BYTES + 1)
         d = json.loads(raw)
         return Holder(str(d["host"]), int(d["pid"]), str(d["writer"]), str(d["command"]),
-                      str(d["job"]), float(d["started_unix"]), float(d["heartbeat_unix"]))
+                      str(d["job"]), float(d["started_unix"]), float(d["heartbeat_unix"]),
+                      str(d.get("slurm", "")))
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -79,7 +81,28 @@ def _stale(path: Path, holder: Holder | None, timeout_s: float, now: float) -> b
     alive = writer_alive(holder.writer)
     if alive is not None:  # the owner ran on this host: its pid decides
         return not alive
+    if _requeued_from(holder.slurm):  # SLURM requeued the owner's job: it has ended
+        return True
     return now - holder.heartbeat_unix > timeout_s
+
+
+def _slurm_tag() -> str:
+    job = os.environ.get("SLURM_JOB_ID", "")
+    return f"{job}:{os.environ.get('SLURM_RESTART_COUNT', '0')}" if job else ""
+
+
+def _requeued_from(tag: str) -> bool:
+    """Whether this process is a later run of the same SLURM job than the one that wrote
+    ``tag`` (SLURM starts a requeued job only once the previous run has ended)."""
+    mine = _slurm_tag()
+    if not tag or not mine:
+        return False
+    job, _, count = tag.partition(":")
+    my_job, _, my_count = mine.partition(":")
+    try:
+        return job == my_job and int(my_count) > int(count)
+    except ValueError:
+        return False
 
 
 class Lease:
@@ -102,8 +125,8 @@ class Lease:
     def _content(self) -> bytes:
         return json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
                            "writer": writer_id(), "command": self.command, "job": self.job,
-                           "started_unix": self.started,
-                           "heartbeat_unix": time.time()}).encode()
+                           "started_unix": self.started, "heartbeat_unix": time.time(),
+                           "slurm": _slurm_tag()}).encode()
 
     def _tmp(self, what: str) -> Path:
         return self.path.with_name(f".{self.path.name}.{what}-{socket.gethostname()}-"

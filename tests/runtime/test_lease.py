@@ -151,3 +151,24 @@ def test_a_job_refused_at_start_releases_the_lease(tmp_path):
                   timeout=60)
     assert res.returncode == 2 and "model.kind" in res.stderr
     assert not bad.parent.exists()  # the folder the lease made is removed again
+
+
+def test_a_requeued_slurm_job_takes_over_its_own_lease(tmp_path, monkeypatch):
+    """A job SLURM killed at walltime and requeued on another node: the same SLURM_JOB_ID
+    with a higher SLURM_RESTART_COUNT means the old run has ended, heartbeat fresh or not;
+    another job of the same allocation (same count) is refused."""
+    out = tmp_path / "requeued.h5"
+    now = time.time()
+    lease_path(out).write_text(json.dumps({
+        "host": "node-elsewhere", "pid": 4242, "writer": "node-elsewhere:4242:1",
+        "command": "run", "job": "e" * 32, "started_unix": now - 60, "heartbeat_unix": now,
+        "slurm": "777:0"}))
+    monkeypatch.setenv("SLURM_JOB_ID", "777")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
+    with pytest.raises(LeaseHeld):
+        Lease(out, "resume", timeout_s=60).acquire()
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    lease = Lease(out, "resume", timeout_s=60).acquire()
+    assert lease.takeover and "pid 4242 on node-elsewhere" in lease.takeover
+    assert read_holder(lease_path(out)).slurm == "777:1"
+    lease.release()
