@@ -66,6 +66,9 @@ class Algorithm(Registered, ABC):
     #: config field naming this algorithm's codec (None: nothing is communicated)
     codec_field: ClassVar[str | None] = None
     State: ClassVar[type[AlgState]] = AlgState
+    #: parts of :meth:`loss` recorded per client and round as ``clients/loss_<part>`` (the
+    #: mean over the round's local steps) and ``rounds/loss_<part>`` (mean over clients)
+    loss_parts: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg

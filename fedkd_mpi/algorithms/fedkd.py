@@ -19,6 +19,9 @@ class FedKD(Algorithm):
     private_role = "mentor"
     shared_role = "mentee"
     codec_field = "fedkd.codec"
+    #: losses.py's parts: each model's cross-entropy and distillation KL (before the adaptive
+    #: weight), the mentee's hidden and attention MSE, and the adaptive weight 1/(CE_t+CE_s)
+    loss_parts = ("ce_t", "ce_s", "kl_t", "kl_s", "hidden", "attention", "weight")
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg)

@@ -23,6 +23,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="figure folder (default: RUN without .h5 + '_report')")
     s.add_argument("--format", choices=("png", "pdf"), default="png", dest="fmt")
     s.add_argument("--no-figures", action="store_true", help="terminal summary only")
+    s.add_argument("--baseline", default=None, metavar="BASE.h5",
+                   help="also the paired per-client difference against this run (same "
+                        "clients, each run's last evaluated round), for every model both have")
     s.add_argument("--watch", type=float, default=0.0, metavar="SECONDS",
                    help="live view: redo the summary and figures every SECONDS while the run "
                         "is in progress (stops when it ends or looks killed)")
@@ -39,6 +42,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         "mentee_NAME (NAME: the file's metric_name / metric_names)")
     s.add_argument("--target", type=float, default=None,
                    help="also report the MB per client needed to reach this metric value")
+    s.add_argument("--baseline", default=None, metavar="GROUP",
+                   help="also every group minus this group (e.g. local), paired by seed over "
+                        "the same clients, with a 95 %% t-interval over seeds")
     s.add_argument("--out", type=Path, default=None,
                    help="write compare.md, compare.csv, compare_runs.csv and the figure here")
     s.add_argument("--format", choices=("png", "pdf"), default="png", dest="fmt")
@@ -76,11 +82,12 @@ def _report(args: argparse.Namespace) -> int:
     from fedkd_mpi.analysis import report
     from fedkd_mpi.analysis.reader import load
 
+    base = load(args.baseline) if args.baseline else None
     while True:
         run = load(args.run)
         if args.watch:
             print(f"=== {time.strftime('%H:%M:%S')}  {run.summary.rounds_completed} rounds")
-        print(report.text(run))
+        print(report.text(run, base))
         if not args.no_figures:
             out = args.out or _default_out(args.run, "_report")
             paths = report.figures(run, out, args.fmt)
@@ -100,7 +107,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "compare":
         from fedkd_mpi.analysis.compare import main_compare
 
-        main_compare(args.runs, args.group_by, args.metric, args.target, args.out, args.fmt)
+        main_compare(args.runs, args.group_by, args.metric, args.target, args.out, args.fmt,
+                     args.baseline)
         return 0
     if args.command == "sweep":
         from fedkd_mpi.analysis import sweep

@@ -21,6 +21,7 @@ import pandas as pd
 
 from fedkd_mpi.analysis import plots
 from fedkd_mpi.analysis.reader import MODELS, Run, config_get
+from fedkd_mpi.analysis.spread import last_values, paired, spread, t_interval
 
 IGNORED_KEYS = {"seed", "output"}
 
@@ -117,6 +118,8 @@ def run_row(run: Run, spec: MetricSpec, target: float | None) -> dict[str, Any]:
     name = spec.name or s.metric_name
     for m in MODELS:
         row[f"final_{m}"] = s.final.get(f"{m}_{name}", math.nan)
+        sp = spread(run, m, name=name)
+        row[f"worst_{m}"] = sp.worst if sp is not None else math.nan
     row["mb_per_client"] = s.mb_per_client
     row["mb_up_per_client"] = s.mb_up_per_client
     row["mb_down_per_client"] = s.mb_down_per_client
@@ -126,8 +129,8 @@ def run_row(run: Run, spec: MetricSpec, target: float | None) -> dict[str, Any]:
     return row
 
 
-VALUE_COLS = ["final_mentor", "final_mentee", "mb_per_client", "reduction_vs_mentor_fedavg",
-              "mb_to_target"]
+VALUE_COLS = ["final_mentor", "final_mentee", "worst_mentor", "worst_mentee", "mb_per_client",
+              "reduction_vs_mentor_fedavg", "mb_to_target"]
 
 
 def _value_or_none(run: Run, key: str) -> str | None:
@@ -188,7 +191,9 @@ def markdown(folded: pd.DataFrame, key: str | Sequence[str], metric: str, target
     keys = parse_keys(key)
     headers = [*keys, "n", f"final mentor {metric}", f"final mentee {metric}",
                "MB / client (up+down)", "reduction × vs mentor FedAvg"]
-    cols = [("final_mentor", 4, "–"), ("final_mentee", 4, "–"), ("mb_per_client", 4, "–"),
+    headers[len(keys) + 3:len(keys) + 3] = ["worst client mentor", "worst client mentee"]
+    cols = [("final_mentor", 4, "–"), ("final_mentee", 4, "–"), ("worst_mentor", 4, "–"),
+            ("worst_mentee", 4, "–"), ("mb_per_client", 4, "–"),
             ("reduction_vs_mentor_fedavg", 1, "–")]
     if target is not None:
         headers.append(f"MB / client to {target_label} ≥ {target:g}")
@@ -203,6 +208,46 @@ def markdown(folded: pd.DataFrame, key: str | Sequence[str], metric: str, target
             for c, d, miss in cols])
     table = pd.DataFrame(rows, columns=headers)
     return table.to_markdown(index=False, disable_numparse=True)
+
+
+def _own_model(run: Run, spec: MetricSpec) -> str:
+    """The model a run is scored on: the asked one, else its mentor if it has one."""
+    if spec.model:
+        return spec.model
+    return next((m for m in MODELS if last_values(run, m, name=spec.name)[1].size), MODELS[-1])
+
+
+def paired_markdown(runs: list[Run], groups: list[str], baseline: str, spec: MetricSpec,
+                    labels: dict[str, str]) -> str:
+    """Every group minus the ``baseline`` group, paired by seed over the same clients (each
+    run's last evaluated round): per-seed mean differences, their mean and 95 % t-interval
+    over seeds, and the clients (over all seeds) where the group is better."""
+    if baseline not in groups:
+        raise KeyError(f"--baseline {baseline!r} is not a group (groups: "
+                       f"{', '.join(dict.fromkeys(groups))})")
+    base = {r.summary.seed: r for r, g in zip(runs, groups, strict=True) if g == baseline}
+    rows = []
+    for g in dict.fromkeys(groups):
+        if g == baseline:
+            continue
+        diffs, wins, n = [], 0, 0
+        for r in (r for r, gg in zip(runs, groups, strict=True) if gg == g):
+            b = base.get(r.summary.seed)
+            p = None if b is None else paired(r, b, _own_model(r, spec), _own_model(b, spec),
+                                               name=spec.name)
+            if p is not None:
+                diffs.append(p.mean)
+                wins, n = wins + p.wins, n + p.n
+        if not diffs:
+            rows.append([labels.get(g, g), "0", "–", "–", "–", "–"])
+            continue
+        lo, hi = t_interval(np.array(diffs))
+        rows.append([labels.get(g, g), str(len(diffs)), ", ".join(f"{d:+.4f}" for d in diffs),
+                     f"{np.mean(diffs):+.4f}",
+                     f"[{lo:+.4f}, {hi:+.4f}]" if math.isfinite(lo) else "–", f"{wins}/{n}"])
+    head = [f"minus {labels.get(baseline, baseline)}", "seeds paired", "per seed (mean over "
+            "clients)", "mean", "95 % CI over seeds", "clients better"]
+    return pd.DataFrame(rows, columns=head).to_markdown(index=False, disable_numparse=True)
 
 
 def curves_figure(runs: list[Run], groups: list[str], spec: MetricSpec, out: Path, fmt_: str,
@@ -255,10 +300,12 @@ def curves_figure(runs: list[Run], groups: list[str], spec: MetricSpec, out: Pat
 
 def compare(runs: list[Run], key: str | Sequence[str] = "algorithm", metric: str | None = None,
             target: float | None = None, out: Path | None = None,
-            fmt_: str = "png") -> tuple[str, pd.DataFrame, pd.DataFrame, list[Path]]:
+            fmt_: str = "png", baseline: str | None = None
+            ) -> tuple[str, pd.DataFrame, pd.DataFrame, list[Path]]:
     """Markdown table, folded table, per-run table and written files (CSV, markdown, figure).
 
-    ``key``: one dotted config key or several (``"algorithm,seed"`` or a list)."""
+    ``key``: one dotted config key or several (``"algorithm,seed"`` or a list);
+    ``baseline``: a group (its key values joined by ', ') every other group is paired with."""
     spec = MetricSpec.parse(metric)
     keys = parse_keys(key)
     per_run = per_run_table(runs, keys, spec, target)
@@ -267,6 +314,8 @@ def compare(runs: list[Run], key: str | Sequence[str] = "algorithm", metric: str
     name = spec.name or runs[0].summary.metric_name
     target_label = f"{spec.model} {name}" if spec.model else f"{name} (mentor, else mentee)"
     md = markdown(folded, keys, name, target, target_label)
+    if baseline is not None:
+        md += "\n\n" + paired_markdown(runs, list(per_run["group"]), baseline, spec, labels)
     notes = []
     for g in folded["group"]:
         members = [r for r, gg in zip(runs, per_run["group"], strict=True) if gg == g]
@@ -287,7 +336,8 @@ def compare(runs: list[Run], key: str | Sequence[str] = "algorithm", metric: str
                      f"run's {target_label} reaches {target:g}; (k/n): only k of n runs reached "
                      "it, the mean is over those")
     notes.append("mean ± sample std (ddof=1) over the runs of each group; (k/n): value present "
-                 "in k of n runs; –: no such model")
+                 "in k of n runs; –: no such model; worst client: the lowest client's value in "
+                 "the last evaluated round (mean over runs)")
     text = md + "\n\n" + "\n".join(notes)
     written: list[Path] = []
     if out is not None:
@@ -301,11 +351,12 @@ def compare(runs: list[Run], key: str | Sequence[str] = "algorithm", metric: str
 
 
 def main_compare(paths: list[str], key: str | Sequence[str], metric: str | None,
-                 target: float | None, out: Path | None, fmt_: str) -> str:
+                 target: float | None, out: Path | None, fmt_: str,
+                 baseline: str | None = None) -> str:
     from fedkd_mpi.analysis.reader import load
 
     runs = [load(p) for p in paths]
-    text, _, _, written = compare(runs, key, metric, target, out, fmt_)
+    text, _, _, written = compare(runs, key, metric, target, out, fmt_, baseline)
     if written:
         text += "\n\nwrote " + ", ".join(str(p) for p in written)
     print(text, file=sys.stdout)

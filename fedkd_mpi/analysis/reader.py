@@ -82,6 +82,8 @@ class Run:
     layers: pd.DataFrame  # one row per (round, layer)
     timing: pd.DataFrame  # one row per (round, rank)
     summary: RunSummary = field(repr=False)
+    #: the fixed ``partition/*`` arrays (num_train, label_hist, test_label_hist, ...)
+    partition: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
     def tables(self) -> dict[str, pd.DataFrame]:
@@ -225,8 +227,11 @@ def _read(path: Path, f: h5py.File, version: int) -> Run:
     _add_phase_times(rounds, timing)
     summary = _summary(path, version, attrs, config, rounds, clients, n, num_clients, verdict,
                        _majority_rate(f.get("partition")))
+    part = f.get("partition")
+    partition = {k: np.asarray(v[()]) for k, v in part.items()
+                 if isinstance(v, h5py.Dataset)} if part is not None else {}
     return Run(path=path, attrs=attrs, config=config, rounds=rounds, clients=clients,
-               layers=layer_df, timing=timing, summary=summary)
+               layers=layer_df, timing=timing, summary=summary, partition=partition)
 
 
 def _long(ds: dict[str, h5py.Dataset], n: int, round_no: np.ndarray, key: str) -> pd.DataFrame:

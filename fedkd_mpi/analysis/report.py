@@ -12,6 +12,7 @@ from tabulate import tabulate
 
 from fedkd_mpi.analysis import plots
 from fedkd_mpi.analysis.reader import MODELS, PHASE_LABELS, PHASES, Run, config_get
+from fedkd_mpi.analysis.spread import paired, paired_text, spread_rows
 from fedkd_mpi.config import changed_settings
 
 
@@ -79,6 +80,11 @@ def summary_rows(run: Run) -> list[list[str]]:
             rows.append([f"final {m} {name} (mean over clients)", fmt(s.final[f"{m}_{name}"])])
     if math.isfinite(s.majority_rate):
         rows.append(["majority-class rate of the held-out data", fmt(s.majority_rate)])
+    rows += spread_rows(run)
+    parts = loss_parts(run)
+    if parts:
+        rows.append(["loss parts, last round (mean over clients)",
+                     textwrap.fill(", ".join(f"{k} {v:.4f}" for k, v in parts.items()), 72)])
     c = run.clients
     if "participated" in c and len(c):
         per_round = c.groupby("round")["participated"].sum()
@@ -97,6 +103,13 @@ def summary_rows(run: Run) -> list[list[str]]:
              ["reduction vs FedAvg on the mentor", _x(s.reduction_vs_mentor_fedavg)],
              ["reduction vs mentee sent dense", _x(s.reduction_vs_dense_mentee)]]
     return rows
+
+
+def loss_parts(run: Run) -> dict[str, float]:
+    """The algorithm's recorded loss parts (``rounds/loss_<part>``) in the last round."""
+    r = run.rounds
+    return {c[5:]: float(r[c].iloc[-1]) for c in r.columns
+            if c.startswith("loss_") and len(r) and np.isfinite(r[c].iloc[-1])}
 
 
 def _x(v: float) -> str:
@@ -122,10 +135,27 @@ def timing_rows(run: Run) -> tuple[list[list[str]], str]:
     return rows, note
 
 
-def text(run: Run) -> str:
+def paired_rows(run: Run, base: Run) -> list[list[str]]:
+    """Per-client paired differences against ``base`` for every model and split both have."""
+    rows = []
+    for split in ("test", "val"):
+        for m in MODELS:
+            p = paired(run, base, m, split=split)
+            if p is not None:
+                where = "held-out" if split == "test" else "validation"
+                rows.append([f"{m} {where} minus {base.path.name}", paired_text(p)])
+    return rows
+
+
+def text(run: Run, base: Run | None = None) -> str:
     out = [tabulate(summary_rows(run), tablefmt="simple", disable_numparse=True)]
     out.append("(reductions: bytes up+down per client against the same messages carrying that "
                "model dense, header included)")
+    if base is not None:
+        rows = paired_rows(run, base) or [["paired difference", "no model and client in "
+                                           f"common with {base.path}"]]
+        out += ["", tabulate(rows, headers=["paired, per client", "difference"],
+                             tablefmt="simple", disable_numparse=True)]
     rows, note = timing_rows(run)
     if rows:
         out.append("")
@@ -289,6 +319,26 @@ def fig_client_spread(run: Run, out: Path, fmt_: str) -> Path | None:
     return plots.save(fig, out, "client_spread", fmt_)
 
 
+def fig_loss_parts(run: Run, out: Path, fmt_: str) -> Path | None:
+    """The algorithm's recorded loss parts per round (mean over clients)."""
+    r = run.rounds
+    cols = [c for c in r.columns if c.startswith("loss_")
+            and np.isfinite(r[c].to_numpy(float)).any() and (r[c].abs() > 0).any()]
+    if not cols:
+        return None
+    fig, ax = plots.figure(6.4, 4.0)
+    for c in cols:
+        ax.plot(r["round"], r[c], marker=".", label=c[5:])
+    ax.set_yscale("log")
+    ax.set_xlabel("round")
+    ax.set_ylabel("mean over local steps and clients")
+    ax.set_title(_title(run) + "\nloss parts (weight: the adaptive 1/(CE_t+CE_s))", fontsize=9)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return plots.save(fig, out, "loss_parts", fmt_)
+
+
 def fig_time(run: Run, out: Path, fmt_: str) -> Path | None:
     r = run.rounds
     if not len(r):
@@ -324,5 +374,5 @@ def figures(run: Run, out: Path, fmt_: str = "png") -> list[Path]:
         return []
     made = [fig_metric_vs_round(run, out, fmt_), fig_metric_vs_mb(run, out, fmt_),
             fig_rank_heatmap(run, out, fmt_), fig_client_spread(run, out, fmt_),
-            fig_time(run, out, fmt_)]
+            fig_loss_parts(run, out, fmt_), fig_time(run, out, fmt_)]
     return [p for p in made if p is not None]

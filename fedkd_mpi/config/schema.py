@@ -74,6 +74,9 @@ class DataConfig(_Strict):
     shards_per_client: int = Field(2, ge=1, le=10_000, description="label shards (shards)")
     natural_key: str | None = Field(None, description="natural: grouping key; None = default")
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    val_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="validation share of each "
+                                "client's data, taken from its training part and scored like "
+                                "the test data (val_* columns): choose settings on it; 0 = none")
     max_len: int = Field(48, ge=4, le=4096, description="tokens per example")
     vocab_size: int = Field(8192, ge=64, le=1_000_000, description="hash buckets")
     max_samples: int | None = Field(None, ge=10, description="subsample the corpus (tests); "

@@ -24,6 +24,7 @@ from fedkd_mpi.data.base import (
     partitioner_of,
 )
 from fedkd_mpi.data.text import tokenize
+from fedkd_mpi.pretrained import PretrainedError, tokenizer_file
 from fedkd_mpi.seeding import rng
 
 
@@ -34,6 +35,8 @@ class ClientData:
     train_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
+    val_x: torch.Tensor | None = None  # data.val_fraction > 0: the client's validation split
+    val_y: torch.Tensor | None = None
 
     @property
     def num_train(self) -> int:
@@ -52,6 +55,7 @@ class FederatedData:
     #: where the data came from (file datasets: data_path, data_bytes, data_sha256, data_rows,
     #: data_dropped_rows, data_test_*): the dataset's ``provenance`` after load(); root attrs
     provenance: dict[str, object] = field(default_factory=dict)
+    val_label_hist: np.ndarray | None = None  # the same for the validation splits (if any)
 
 
 def load_corpus(name: str) -> Corpus:
@@ -91,7 +95,7 @@ def load_federated(cfg: DataConfig, seed: int, client_ids: list[int]) -> Federat
     _check_clients(cfg, parts, shared_test is not None)
     sizes = np.zeros(cfg.num_clients, dtype=np.int64)
     hist = np.zeros((cfg.num_clients, len(corpus.class_names)), dtype=np.int64)
-    test_hist = np.zeros_like(hist)
+    test_hist, val_hist = np.zeros_like(hist), np.zeros_like(hist)
     clients: dict[int, ClientData] = {}
     test_xy = None
     if shared_test is not None and client_ids:
@@ -103,17 +107,24 @@ def load_federated(cfg: DataConfig, seed: int, client_ids: list[int]) -> Federat
             test, train = perm[:n_test], perm[n_test:]
         else:
             test, train = shared_test, rng(seed, "split", c).permutation(part)
+        n_val = _n_val(cfg, len(part))
+        val, train = train[:n_val], train[n_val:]
         sizes[c] = len(train)
         hist[c] = np.bincount(labels[train], minlength=hist.shape[1])
         test_hist[c] = np.bincount(labels[test], minlength=hist.shape[1])
+        val_hist[c] = np.bincount(labels[val], minlength=hist.shape[1])
         if c in client_ids:
             tx, ty = test_xy if test_xy is not None else (
                 _features(corpus, test, cfg), torch.from_numpy(labels[test]))
             clients[c] = ClientData(c, _features(corpus, train, cfg),
                                     torch.from_numpy(labels[train]), tx, ty)
+            if n_val:
+                clients[c].val_x = _features(corpus, val, cfg)
+                clients[c].val_y = torch.from_numpy(labels[val])
     return FederatedData(len(corpus.class_names), corpus.class_names, sizes, clients, hist,
                          test_hist, corpus.input_kind,
-                         dict(getattr(dataset, "provenance", None) or {}))
+                         dict(getattr(dataset, "provenance", None) or {}),
+                         val_hist if cfg.val_fraction > 0 else None)
 
 
 def _load(cfg: DataConfig, dataset: Dataset) -> Corpus:
@@ -204,16 +215,24 @@ def _checked_parts(parts: object, n: int, num_clients: int, where: str) -> list[
     return out
 
 
+def _n_val(cfg: DataConfig, n_share: int) -> int:
+    """Validation examples of a client with ``n_share`` examples: ``val_fraction`` of its
+    share (at least one when asked for), taken from its training part."""
+    return max(1, round(cfg.val_fraction * n_share)) if cfg.val_fraction > 0 else 0
+
+
 def _check_clients(cfg: DataConfig, parts: list[np.ndarray], shared_test: bool) -> None:
     """DataError for the first client left without training examples (per_client: its share
-    minus its test_fraction, at least one test example)."""
+    minus its test_fraction, at least one test example; minus its validation split)."""
     for c, part in enumerate(parts):
         n_train = len(part) if shared_test else len(part) - max(1, round(cfg.test_fraction
                                                                          * len(part)))
+        n_train -= _n_val(cfg, len(part))
         if n_train <= 0:
             raise DataError(
                 f"data error: client {c} has no training data; lower data.num_clients "
                 f"({cfg.num_clients}) or data.test_fraction ({cfg.test_fraction})"
+                + (f" or data.val_fraction ({cfg.val_fraction})" if cfg.val_fraction else "")
             )
 
 
@@ -227,8 +246,6 @@ def _features(corpus: Corpus, idx: np.ndarray, cfg: DataConfig) -> torch.Tensor:
     texts = [corpus.texts[i] for i in idx]
     if cfg.tokenizer in ("hash", "auto"):  # unresolved auto (no model section): hash
         return torch.from_numpy(tokenize(texts, cfg.max_len, cfg.vocab_size))
-    from fedkd_mpi.models.hf import PretrainedError, tokenizer_file
-
     try:
         path = tokenizer_file(cfg.tokenizer)
     except PretrainedError as exc:

