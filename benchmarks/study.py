@@ -11,7 +11,7 @@ the tuned rows, each run on ``tune.seed`` of the first variant and scored on the
 split (``val_<model>_metric``, mean over clients, last round). The best candidate is written
 to ``<out>/chosen.yaml`` before any row runs and applied to every row listed in ``tune.rows``;
 the test data never enters the choice. Every (variant, row, seed) is one ``mpiexec`` job of
-the sweep runner (fedkd_mpi/analysis/sweep.py) writing ``<out>/<variant>/<row>-s<seed>.h5``;
+the sweep runner (fedkd_mpi/sweep.py) writing ``<out>/<variant>/<row>-s<seed>.h5``;
 a completed file is skipped and any other rerun from scratch, so rerunning the command
 resumes the study. Tables and figures
 (benchmarks/study_tables.py) are built from the run files only.
@@ -30,8 +30,8 @@ import yaml
 
 from fedkd_mpi.analysis.reader import load
 from fedkd_mpi.analysis.spread import spread
-from fedkd_mpi.analysis.sweep import Job, execute, file_state
 from fedkd_mpi.api import Config
+from fedkd_mpi.sweep import Job, execute, file_state
 
 ROOT = Path(__file__).resolve().parents[1]
 

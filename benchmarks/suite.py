@@ -6,7 +6,7 @@
 
 A suite file lists a base config, common ``key=value`` overrides, seeds, and named runs (each
 with its own overrides). Every (run, seed) is one job of ``fedkd-mpi sweep``'s runner
-(fedkd_mpi/analysis/sweep.py: ``mpiexec -n RANKS python -m fedkd_mpi run``) writing one HDF5
+(fedkd_mpi/sweep.py: ``mpiexec -n RANKS python -m fedkd_mpi run``) writing one HDF5
 file ``<out>/<run>-s<seed>.h5`` (log and config in ``<out>/logs/``). A file whose ``status``
 attribute is ``completed`` counts as done and is never rerun, so an interrupted suite resumes
 where it stopped; any other is rerun from scratch. The table is built from the HDF5 files
@@ -30,8 +30,8 @@ import yaml
 
 from fedkd_mpi.analysis.compare import MetricSpec, mb_to_target
 from fedkd_mpi.analysis.reader import load
-from fedkd_mpi.analysis.sweep import Job, execute, file_state
 from fedkd_mpi.api import Config
+from fedkd_mpi.sweep import Job, execute, file_state
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,7 @@ import argparse
 import os
 import sys
 
-from fedkd_mpi import __version__
+from fedkd_mpi import __version__, sweep
 from fedkd_mpi.analysis import commands as analysis_commands
 
 
@@ -33,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
                            help="continue the output file from its last checkpoint "
                            "(runtime.checkpoint_dir, default <output>.ckpt)")
     analysis_commands.add_parsers(sub)  # report, compare, export (no MPI)
+    sweep.add_parser(sub)  # a grid of runs (launches mpiexec jobs)
     s = sub.add_parser("repair", help="make the file of a killed run readable by any HDF5 "
                        "reader (clears the SWMR flags it left; keeps every complete round; "
                        "status failed)")
@@ -51,12 +52,12 @@ def main(argv: list[str] | None = None) -> int:
         from fedkd_mpi.catalog import main as catalog
 
         return catalog()
-    if args.command in analysis_commands.COMMANDS or args.command == "repair":
+    if args.command in (*analysis_commands.COMMANDS, "repair", "sweep"):
         if extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         if args.command == "repair":
             return _leased(args.run, args.force)
-        return analysis_commands.main(args)
+        return analysis_commands.main(args, sweep.main if args.command == "sweep" else None)
     bad = [x for x in extra if x.startswith("-") or "=" not in x]
     if bad:
         parser.error(f"unrecognized arguments: {' '.join(bad)}")

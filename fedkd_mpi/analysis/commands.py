@@ -1,5 +1,5 @@
-"""The analysis subcommands of ``fedkd-mpi``: report, compare, export (no MPI, no torch), and
-sweep (a grid of runs, each one ``mpiexec ... fedkd-mpi run`` job; fedkd_mpi/analysis/sweep.py).
+"""The analysis subcommands of ``fedkd-mpi``: report, compare, export (no MPI, no torch; the
+sweep, which launches jobs, is fedkd_mpi/sweep.py beside the API).
 
 Errors about the input files (missing, not a run file, unsupported format_version, unknown
 config key or metric) print one line on stderr and return exit code 2.
@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-COMMANDS = ("report", "compare", "export", "sweep")
+COMMANDS = ("report", "compare", "export")
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    """Add the report / compare / export / sweep subparsers to ``fedkd-mpi``'s parser."""
+    """Add the report / compare / export subparsers to ``fedkd-mpi``'s parser."""
     s = sub.add_parser("report", help="summary table and figures of one run file "
                        "(works on live and killed runs)")
     s.add_argument("run", help="run file (HDF5)")
@@ -55,9 +56,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--out", type=Path, default=None,
                    help="folder (default: RUN without .h5 + '_export')")
 
-    from fedkd_mpi.analysis import sweep
-
-    sweep.add_parser(sub)
 
 
 def _default_out(run: str, suffix: str) -> Path:
@@ -65,11 +63,14 @@ def _default_out(run: str, suffix: str) -> Path:
     return p.with_name(p.stem + suffix)
 
 
-def main(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace, command: Callable[[argparse.Namespace], int] | None = None
+         ) -> int:
+    """Run ``command`` (default: the analysis subcommand named by ``args.command``); a bad
+    input file or key is one line on stderr and exit code 2."""
     from fedkd_mpi.analysis.reader import RunFileError
 
     try:
-        return _dispatch(args)
+        return (command or _dispatch)(args)
     except (RunFileError, KeyError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"fedkd-mpi {args.command}: {msg}", file=sys.stderr)
@@ -110,10 +111,6 @@ def _dispatch(args: argparse.Namespace) -> int:
         main_compare(args.runs, args.group_by, args.metric, args.target, args.out, args.fmt,
                      args.baseline)
         return 0
-    if args.command == "sweep":
-        from fedkd_mpi.analysis import sweep
-
-        return sweep.main(args)
     if args.command == "export":
         from fedkd_mpi.analysis.export import export
 

@@ -196,6 +196,7 @@ def _launch(config_path: str | None, overrides: list[str], overwrite: bool,
     from fedkd_mpi.data import DataError, load_federated
     from fedkd_mpi.metrics import metric_names
     from fedkd_mpi.runtime.checkpoint import EXIT_INTERRUPTED, agree
+    from fedkd_mpi.runtime.context import record_fields
     from fedkd_mpi.runtime.devices import node_info, select_device
     from fedkd_mpi.runtime.job import run, setup
     from fedkd_mpi.runtime.shared_dir import checkpoint_dir_error
@@ -226,7 +227,7 @@ def _launch(config_path: str | None, overrides: list[str], overwrite: bool,
     if not error and rank == 0:
         names = metric_names(cfg.data.metric, fed.num_classes)
         error = output_space_error(cfg, comm.Get_size(), len(ctx.alg.specs),
-                                   cfg.train.rounds, 2 * len(names))
+                                   cfg.train.rounds, len(record_fields(cfg, ctx.alg, names)))
     if not _verdict(comm, error):
         return 2
     ctx.stop = stop  # the flag set by any signal since start-up

@@ -4,9 +4,12 @@ HDF5 fails (HDF5 does not survive a write that fails for lack of space)."""
 from __future__ import annotations
 
 import errno
+import math
 import os
 from pathlib import Path
 from typing import NoReturn
+
+from fedkd_mpi.storage.schema import CLIENT_FIELDS, ROUND_FIELDS, TIMING_PHASES
 
 #: statuses a run ends with (``running`` is replaced by one of them when the writer ends)
 
@@ -84,3 +87,27 @@ def _reraise(exc: BaseException, what: str, path: str | Path) -> NoReturn:
     if err is exc:
         raise exc
     raise err from exc
+
+
+#: bytes kept free for closing the file (status, metadata flush) beyond a round's append
+CLOSE_RESERVE = 128 * 1024
+
+
+#: metadata an append may allocate beyond its data chunks (chunk indexes, object headers)
+META_SLACK = 64 * 1024
+
+
+def estimate_file_bytes(num_clients: int, world_size: int, num_layers: int, rounds: int,
+                        extra_fields: int) -> int:
+    """Upper estimate of a run file's size (chunks are allocated whole)."""
+    n, w, nl = num_clients, world_size, max(num_layers, 1)
+
+    def chunked(chunk_rows: int, row_bytes: int) -> int:
+        return math.ceil(rounds / chunk_rows) * chunk_rows * row_bytes
+
+    total = 128 * 1024 + 2048 * rounds  # fixed metadata; chunk indexes per round
+    total += (len(ROUND_FIELDS) + extra_fields) * chunked(256, 8)
+    total += (len(CLIENT_FIELDS) + extra_fields) * chunked(16, 8 * n)
+    total += (len(TIMING_PHASES) + 2) * chunked(16, 8 * w)
+    total += chunked(4, 8 * n * nl) + chunked(16, 8 * nl)
+    return total

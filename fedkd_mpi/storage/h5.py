@@ -18,7 +18,6 @@ fails for lack of space).
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
@@ -30,6 +29,8 @@ import h5py
 import numpy as np
 
 from fedkd_mpi.storage.disk import (
+    CLOSE_RESERVE,
+    META_SLACK,
     _reraise,
     free_bytes,
     no_space_error,
@@ -58,13 +59,6 @@ from fedkd_mpi.storage.schema import (
     dtype_of,
 )
 
-#: bytes kept free for closing the file (status, metadata flush) beyond a round's append
-CLOSE_RESERVE = 128 * 1024
-
-
-#: metadata an append may allocate beyond its data chunks (chunk indexes, object headers)
-META_SLACK = 64 * 1024
-
 
 def _fixed(text: str, nbytes: int) -> np.bytes_:
     """UTF-8, cut on a character boundary to ``nbytes``."""
@@ -82,22 +76,6 @@ def _create_run_group(f: h5py.File, status: str = "running",
     f.create_dataset(RUN_HEARTBEAT, data=time.time(), dtype=np.float64)
     f.create_dataset(RUN_CHECKPOINT_ROUND, data=np.asarray(rounds, np.int64))
     f.create_dataset(RUN_CHECKPOINT_SHA256, data=np.asarray(digests, "S64"))
-
-
-def estimate_file_bytes(num_clients: int, world_size: int, num_layers: int, rounds: int,
-                        extra_fields: int) -> int:
-    """Upper estimate of a run file's size (chunks are allocated whole)."""
-    n, w, nl = num_clients, world_size, max(num_layers, 1)
-
-    def chunked(chunk_rows: int, row_bytes: int) -> int:
-        return math.ceil(rounds / chunk_rows) * chunk_rows * row_bytes
-
-    total = 128 * 1024 + 2048 * rounds  # fixed metadata; chunk indexes per round
-    total += (len(ROUND_FIELDS) + extra_fields) * chunked(256, 8)
-    total += (len(CLIENT_FIELDS) + extra_fields) * chunked(16, 8 * n)
-    total += (len(TIMING_PHASES) + 2) * chunked(16, 8 * w)
-    total += chunked(4, 8 * n * nl) + chunked(16, 8 * nl)
-    return total
 
 
 class RunWriter:

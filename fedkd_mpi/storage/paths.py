@@ -8,8 +8,7 @@ import tempfile
 from pathlib import Path
 
 from fedkd_mpi.config import Config, ConfigError, checkpoint_dir
-from fedkd_mpi.storage.disk import free_bytes, human_bytes
-from fedkd_mpi.storage.h5 import CLOSE_RESERVE, estimate_file_bytes
+from fedkd_mpi.storage.disk import CLOSE_RESERVE, estimate_file_bytes, free_bytes, human_bytes
 
 
 def probe_dir(field: str, directory: Path) -> None:

@@ -15,11 +15,11 @@ import pytest
 
 from fedkd_mpi.analysis import load
 from fedkd_mpi.analysis.compare import compare
-from fedkd_mpi.analysis.sweep import Job, grid_jobs, plan, split_values, summary
 from fedkd_mpi.api import Config
 from fedkd_mpi.config import ConfigError
+from fedkd_mpi.sweep import Job, grid_jobs, plan, split_values, summary
 
-from ..conftest import FEDKD, ROOT, TINY
+from .conftest import FEDKD, ROOT, TINY
 
 
 def sweep(*args: str) -> subprocess.CompletedProcess:

@@ -14,6 +14,9 @@ its grid values (``algorithm=fedavg__seed=1``), and everything is written under 
 Rerunning the same command skips completed runs; ``--resume`` continues interrupted ones from
 their checkpoint, ``--overwrite`` reruns failed (or killed) ones. The summary's MB to target
 is :func:`fedkd_mpi.analysis.compare.mb_to_target`, as in ``fedkd-mpi compare``.
+
+Orchestration lives here, beside the API it uses (``fedkd_mpi.api``), not in
+``fedkd_mpi.analysis``, which only reads run files and never starts MPI.
 """
 
 from __future__ import annotations
