@@ -12,6 +12,9 @@ class FedProx(FedAvg):
     """FedAvg (``fedavg.model``, ``fedavg.codec``) with a proximal local objective."""
 
     name = "fedprox"
+    #: recorded per client and round (clients/loss_ce, clients/loss_prox): the cross-entropy
+    #: and the squared distance ||w - w_global||^2 before the factor mu / 2
+    loss_parts = ("ce", "prox")
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg)
@@ -25,4 +28,5 @@ class FedProx(FedAvg):
         prox = sum(((p - w0) ** 2).sum() for p, w0 in self._anchor)
         total = ce + 0.5 * self.cfg.fedprox.mu * prox
         parts[f"{self.shared_role}_loss"] = float(total.detach())
+        parts.update(ce=float(ce.detach()), prox=float(prox.detach()))
         return total, parts

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import h5py
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -12,6 +14,8 @@ from fedkd_mpi.algorithms.fedprox import FedProx
 from fedkd_mpi.config import load_config
 from fedkd_mpi.models import EncoderOutput
 from fedkd_mpi.tensors import TensorSpec
+
+from ..conftest import TINY, run_job
 
 
 def _setup(algorithm: str, *overrides: str):
@@ -86,3 +90,18 @@ def test_the_anchor_is_reset_by_begin_local():
     assert float(alg.loss(None, out, y, None)[0].detach()) > float(ce.detach())
     alg.begin_local(list(lin.parameters()), alg.new_state(0))  # next round: new global
     assert torch.equal(alg.loss(None, out, y, None)[0], ce)
+
+
+def test_loss_parts_reach_the_run_file_per_client_and_round(tmp_path):
+    """Declared by FedProx alone (loss_parts): the run file holds both parts per client and
+    round, and the recorded objective is exactly their mean combination."""
+    out, mu = tmp_path / "prox.h5", 0.5
+    res = run_job(3, "run", str(TINY), f"output={out}", "algorithm=fedprox",
+                  f"fedprox.mu={mu}", "train.rounds=2")
+    assert res.returncode == 0, res.stderr
+    with h5py.File(out, "r") as f:
+        ce, prox = f["clients/loss_ce"][()], f["clients/loss_prox"][()]
+        total = f["clients/mentee_train_loss"][()]
+        np.testing.assert_allclose(f["rounds/loss_prox"][()], prox.mean(axis=1))
+    assert ce.shape == prox.shape == (2, 3) and (prox > 0).all()
+    np.testing.assert_allclose(total, ce + 0.5 * mu * prox, rtol=1e-6)
