@@ -53,6 +53,7 @@ class Study:
     seeds: list[int]
     variants: dict[str, list[str]]
     rows: dict[str, Row]
+    variant_rows: dict[str, list[str]]  # variant -> the rows it runs (default: all)
     out: Path
     tune: dict = field(default_factory=dict)
     pairs: list[list[str]] = field(default_factory=list)  # [row, model, base row, base model]
@@ -70,12 +71,18 @@ def load_study(name: str, out: str | None = None) -> Study:
     rows = {r["name"]: Row(r["name"], [str(x) for x in r.get("overrides", [])],
                            list(r.get("models", ["mentor"])), bool(r.get("paired", True)))
             for r in d["rows"]}
+    variants, only = {}, {}
+    for k, v in d["variants"].items():  # a list of overrides, or {overrides: [...], rows: [...]}
+        variants[k] = [str(x) for x in (v.get("overrides", []) if isinstance(v, dict) else v)]
+        only[k] = list(v.get("rows", rows)) if isinstance(v, dict) else list(rows)
+        if set(only[k]) - set(rows):
+            sys.exit(f"study error: variant {k} names rows that are not in 'rows'")
     for pair in d.get("pairs", []):
         if pair[0] not in rows or pair[2] not in rows:
             sys.exit(f"study error: pair {pair} names a row that is not in 'rows'")
     return Study(path.stem, d["base"], [str(x) for x in d.get("overrides", [])],
                  int(d.get("ranks", 3)), [int(s) for s in d.get("seeds", [0])],
-                 {k: [str(x) for x in v] for k, v in d["variants"].items()}, rows,
+                 variants, rows, only,
                  Path(out) if out else ROOT / "runs" / "studies" / path.stem,
                  d.get("tune") or {}, [list(p) for p in d.get("pairs", [])],
                  str(d.get("description", "")))
@@ -134,7 +141,7 @@ def row_jobs(s: Study, tuned: list[str]) -> list[Job]:
     jobs = []
     tuned_rows = set(s.tune.get("rows", [])) if s.tune else set()
     for variant, vo in s.variants.items():
-        for row in s.rows.values():
+        for row in (s.rows[r] for r in s.variant_rows[variant]):
             extra = tuned if row.name in tuned_rows else []
             for seed in s.seeds:
                 cfg = Config.load(_base(s), [*s.overrides, *vo, *row.overrides, *extra,

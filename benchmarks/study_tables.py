@@ -34,7 +34,7 @@ def _pm(xs: list[float]) -> str:
 
 def _runs(s: Study, variant: str) -> dict[str, dict[int, Run]]:
     out: dict[str, dict[int, Run]] = {}
-    for row in s.rows:
+    for row in s.variant_rows[variant]:
         for p in completed(s, variant, row):
             out.setdefault(row, {})[int(p.stem.rsplit("-s", 1)[1])] = load(p)
     return out
@@ -187,8 +187,8 @@ def build(s: Study) -> str:
                 out += ["", f"FedKD's loss parts ({fedkd_row}; mean over clients and seeds):",
                         "", mech]
         out += ["", f"figure: {fig}"]
-    missing = [str(h5(s, v, r, sd)) for v in s.variants for r in s.rows for sd in s.seeds
-               if not completed(s, v, r) or h5(s, v, r, sd) not in completed(s, v, r)]
+    missing = [str(h5(s, v, r, sd)) for v in s.variants for r in s.variant_rows[v]
+               for sd in s.seeds if h5(s, v, r, sd) not in completed(s, v, r)]
     if missing:
         out += ["", f"({len(missing)} run file(s) not completed yet)"]
     return "\n".join(out)

@@ -16,10 +16,11 @@ codec's state and the algorithm's own typed :attr:`State`; the server keeps one 
 
 from __future__ import annotations
 
+import math
 from abc import ABC
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -29,11 +30,32 @@ from torch import nn
 from fedkd_mpi.codecs.base import Codec, CodecState, codec_class
 from fedkd_mpi.config import Config, ConfigError
 from fedkd_mpi.registry import Registered, Registry, plugin_settings
+from fedkd_mpi.seeding import torch_seed
 from fedkd_mpi.tensors import Payload, TensorSpec
 
 if TYPE_CHECKING:
     from fedkd_mpi.aggregators import Aggregator
     from fedkd_mpi.models import EncoderOutput, ModelShape
+
+
+class NonFiniteError(FloatingPointError):
+    """A loss or update became NaN/Inf."""
+
+
+def trainable(model: nn.Module) -> list[nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+class LocalClient(Protocol):
+    """What :meth:`Algorithm.local_round` gets of a client (the runtime's ``Client``)."""
+
+    cid: int
+    data: Any  # ClientData: train_x, train_y, num_train, ...
+    state: ClientState
+    private: nn.Module | None
+    proj: nn.Module | None
+    opt_private: torch.optim.Optimizer | None
+    opt_shared: torch.optim.Optimizer | None
 
 
 @dataclass
@@ -132,6 +154,57 @@ class Algorithm(Registered, ABC):
 
     def after_step(self, state: ClientState, params: Sequence[torch.Tensor]) -> None:
         """After every local optimizer step, with the shared model's trainable params."""
+
+    # -- the round's local work ---------------------------------------------------------
+    def local_round(self, client: LocalClient, shared: nn.Module | None, rnd: int,
+                    device: torch.device) -> dict[str, float]:
+        """One client's local work in round ``rnd`` (0-based); returns the mean over its steps
+        of each logged loss part. The default: ``train.local_steps`` (else ``local_epochs``
+        epochs) of batches drawn from a generator keyed (seed, "train", rnd, cid), with
+        :meth:`begin_local` before, :meth:`loss` + backward + every optimizer step and
+        :meth:`after_step` per batch. An algorithm that needs another local procedure
+        overrides this; the runtime only calls it, then extracts the shared model's update."""
+        cfg = self.cfg
+        tc = cfg.train
+        seed = torch_seed(cfg.seed, "train", rnd, client.cid)
+        torch.manual_seed(seed)  # dropout: keyed by (seed, round, client), never by rank
+        gen = torch.Generator().manual_seed(seed)
+        n = client.data.num_train
+        per_epoch = math.ceil(n / tc.batch_size)
+        steps = tc.local_steps if tc.local_steps is not None else tc.local_epochs * per_epoch
+        models = [m for m in (client.private, shared, client.proj) if m is not None]
+        shared_params = [] if shared is None else trainable(shared)
+        for m in models:
+            m.train()
+        sums: dict[str, float] = {}
+        if shared_params:
+            self.begin_local(shared_params, client.state)
+        perm = torch.randperm(n, generator=gen)
+        for step in range(steps):
+            j = step % per_epoch
+            if j == 0 and step > 0:
+                perm = torch.randperm(n, generator=gen)
+            idx = perm[j * tc.batch_size : (j + 1) * tc.batch_size]
+            x = client.data.train_x[idx].to(device)
+            y = client.data.train_y[idx].to(device)
+            out_p = client.private(x) if client.private is not None else None
+            out_s = shared(x) if shared is not None else None
+            total, parts = self.loss(out_p, out_s, y, client.proj)
+            if not torch.isfinite(total):
+                raise NonFiniteError(f"client {client.cid}, round {rnd + 1}, step {step}: "
+                                     f"non-finite training loss {float(total.detach())}")
+            for opt in (client.opt_private, client.opt_shared):
+                if opt is not None:
+                    opt.zero_grad(set_to_none=True)
+            total.backward()
+            for opt in (client.opt_private, client.opt_shared):
+                if opt is not None:
+                    opt.step()
+            if shared_params:
+                self.after_step(client.state, shared_params)
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v
+        return {k: v / steps for k, v in sums.items()}
 
     # -- payload, both ends ---------------------------------------------------------------
     def energy_threshold(self, rnd: int) -> float | None:

@@ -15,7 +15,7 @@ import torch
 from fedkd_mpi.comm.wire import pack, pack_skip, unpack
 from fedkd_mpi.data import FederatedData
 from fedkd_mpi.runtime.checkpoint import EXIT_INTERRUPTED, client_file
-from fedkd_mpi.runtime.client import Client, NonFiniteError, local_train, make_optimizer, trainable
+from fedkd_mpi.runtime.client import Client, NonFiniteError, make_optimizer, trainable
 from fedkd_mpi.runtime.context import (
     RANKVAL,
     Context,
@@ -105,7 +105,7 @@ def _train_one(ctx: Context, fed: FederatedData, store: ClientStore, cid: int, r
     bad, losses = None, {}
     t = time.perf_counter()
     try:
-        losses = local_train(alg, cl, ctx.shared, cfg, rnd, ctx.device)
+        losses = alg.local_round(cl, ctx.shared, rnd, ctx.device)
     except NonFiniteError as exc:
         bad = str(exc)
     t_train = time.perf_counter() - t
