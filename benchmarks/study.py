@@ -140,10 +140,10 @@ def choose(s: Study) -> list[str]:
 def row_jobs(s: Study, tuned: list[str]) -> list[Job]:
     jobs = []
     tuned_rows = set(s.tune.get("rows", [])) if s.tune else set()
-    for variant, vo in s.variants.items():
-        for row in (s.rows[r] for r in s.variant_rows[variant]):
-            extra = tuned if row.name in tuned_rows else []
-            for seed in s.seeds:
+    for seed in s.seeds:  # seed by seed: a study cut short still has whole seeds
+        for variant, vo in s.variants.items():
+            for row in (s.rows[r] for r in s.variant_rows[variant]):
+                extra = tuned if row.name in tuned_rows else []
                 cfg = Config.load(_base(s), [*s.overrides, *vo, *row.overrides, *extra,
                                              f"seed={seed}"])
                 jobs.append(Job(f"{variant} {row.name} seed {seed}", f"{row.name}-s{seed}",

@@ -174,8 +174,16 @@ def build(s: Study) -> str:
                 "```yaml", chosen.read_text().strip(), "```"]
     fedkd_row = next((r for r in s.rows if r == "fedkd"), None)
     local_row = next((r for r in s.rows if r.startswith("local")), None)
+    # unpaired rows (centralized: one IID client) are shown beside every variant
+    unpaired: dict[str, dict[int, Run]] = {}
+    for v in s.variants:
+        for r, by_seed in _runs(s, v).items():
+            if not s.rows[r].paired:
+                unpaired.setdefault(r, by_seed)
     for variant in s.variants:
-        runs = _runs(s, variant)
+        if all(not s.rows[r].paired for r in s.variant_rows[variant]):
+            continue  # only unpaired rows: shown with the others
+        runs = {**_runs(s, variant), **unpaired}
         if not runs:
             continue
         fig = s.out / f"curves_{variant}.png"
