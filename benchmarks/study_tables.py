@@ -125,8 +125,8 @@ def mechanism_table(s: Study, runs: dict[str, dict[int, Run]], row: str,
                     _f(w * mean("loss_kl_t") / mean("loss_ce_t"), 3), _f(mean("loss_ce_s")),
                     _f(w * mean("loss_kl_s")), _f(w * mean("loss_hidden")), _f(w, 3),
                     _f(mean("mentor_metric")), _f(mean("mentee_metric")), beat])
-    head = ["round", "mentor CE", "mentor KD term (w·KL)", "KD/CE", "mentee CE",
-            "mentee KD term", "mentee hidden term", "w", "mentor", "mentee",
+    head = ["round", "mentor CE", "mentor KD term (w̄·KL̄)", "KD/CE", "mentee CE",
+            "mentee KD term (w̄·KL̄)", "mentee hidden term (w̄·MSĒ)", "w", "mentor", "mentee",
             "mentee > local mentor"]
     return tabulate(out, head, tablefmt="github", disable_numparse=True)
 
@@ -166,6 +166,58 @@ def curves(s: Study, variant: str, runs: dict[str, dict[int, Run]], path: Path) 
     plt.close(fig)
 
 
+def diff_curves(s: Study, variant: str, runs: dict[str, dict[int, Run]], path: Path) -> bool:
+    """Each pair's paired difference (mean over clients, then over seeds, ± the 95 % t-interval
+    over seeds) at every evaluated round, against the round and the pair's cumulative MB."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
+    drawn = False
+    for a, ma, b, mb in s.pairs:
+        seeds = sorted(set(runs.get(a, {})) & set(runs.get(b, {})))
+        if not seeds:
+            continue
+        per_seed = []
+        for sd in seeds:
+            ca = runs[a][sd].clients.pivot(index="round", columns="client", values=f"{ma}_metric")
+            cb = runs[b][sd].clients.pivot(index="round", columns="client", values=f"{mb}_metric")
+            per_seed.append((ca - cb).mean(axis=1))
+        d = np.array([p.to_numpy() for p in per_seed])
+        rounds = per_seed[0].index.to_numpy()
+        ok = np.isfinite(d).all(axis=0)
+        if not ok.any():
+            continue
+        mean = d[:, ok].mean(axis=0)
+        ci = np.array([t_interval(d[:, i]) for i in np.flatnonzero(ok)])
+        mb_a = np.mean([runs[a][sd].rounds.set_index("round")["cum_mb_per_client"]
+                        .reindex(rounds).to_numpy() for sd in seeds], axis=0)[ok]
+        label = f"{a} {ma} − {b} {mb}"
+        for ax, x in ((axes[0], rounds[ok]), (axes[1], np.maximum(mb_a, 1e-3))):
+            (line,) = ax.plot(x, mean, marker=".", label=label)
+            if len(seeds) > 1:
+                ax.fill_between(x, ci[:, 0], ci[:, 1], color=line.get_color(), alpha=0.15)
+        drawn = True
+    if not drawn:
+        plt.close(fig)
+        return False
+    for ax in axes:
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_ylabel("paired difference (test, mean over clients)")
+        ax.grid(alpha=0.3)
+    axes[0].set_xlabel("round")
+    axes[1].set_xlabel("cumulative MB per client of the first run (0 shown as 1e-3)")
+    axes[1].set_xscale("log")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{s.name} / {variant}: mean over seeds, shaded: 95 % t-interval over seeds",
+                 fontsize=10)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
 def build(s: Study) -> str:
     out = [f"# study {s.name}", s.text.strip()]
     chosen = s.out / "chosen.yaml"
@@ -195,6 +247,9 @@ def build(s: Study) -> str:
                 out += ["", f"FedKD's loss parts ({fedkd_row}; mean over clients and seeds):",
                         "", mech]
         out += ["", f"figure: {fig}"]
+        dfig = s.out / f"paired_{variant}.png"
+        if diff_curves(s, variant, runs, dfig):
+            out += [f"figure: {dfig}"]
     missing = [str(h5(s, v, r, sd)) for v in s.variants for r in s.variant_rows[v]
                for sd in s.seeds if h5(s, v, r, sd) not in completed(s, v, r)]
     if missing:
