@@ -58,6 +58,7 @@ class Study:
     tune: dict = field(default_factory=dict)
     pairs: list[list[str]] = field(default_factory=list)  # [row, model, base row, base model]
     text: str = ""  # the study file's own description
+    split: str = "test"  # the split of the paired tables: test, or val for design probes
 
 
 def load_study(name: str, out: str | None = None) -> Study:
@@ -85,7 +86,7 @@ def load_study(name: str, out: str | None = None) -> Study:
                  variants, rows, only,
                  Path(out) if out else ROOT / "runs" / "studies" / path.stem,
                  d.get("tune") or {}, [list(p) for p in d.get("pairs", [])],
-                 str(d.get("description", "")))
+                 str(d.get("description", "")), str(d.get("split", "test")))
 
 
 def _base(s: Study) -> Path:

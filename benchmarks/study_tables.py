@@ -69,8 +69,8 @@ def paired_table(s: Study, runs: dict[str, dict[int, Run]]) -> str:
             continue
         per_seed, per_client, wins, n = [], [], 0, 0
         for sd in seeds:
-            _, va = last_values(runs[a][sd], ma)
-            _, vb = last_values(runs[b][sd], mb)
+            _, va = last_values(runs[a][sd], ma, s.split)
+            _, vb = last_values(runs[b][sd], mb, s.split)
             common = va.index.intersection(vb.index)
             d = va[common].to_numpy() - vb[common].to_numpy()
             per_seed.append(float(d.mean()))
@@ -84,7 +84,7 @@ def paired_table(s: Study, runs: dict[str, dict[int, Run]]) -> str:
                      f"[{lo:+.4f}, {hi:+.4f}]" if math.isfinite(lo) else "–",
                      f"[{clo:+.4f}, {chi:+.4f}]" if math.isfinite(clo) else "–",
                      f"{wins}/{n}"])
-    head = ["paired difference (test, last round)", "seeds", "per seed", "mean",
+    head = [f"paired difference ({s.split}, last round)", "seeds", "per seed", "mean",
             "95 % CI over seeds", "95 % CI over client-seed pairs", "clients better"]
     return tabulate(rows, head, tablefmt="github", disable_numparse=True)
 
@@ -182,8 +182,11 @@ def diff_curves(s: Study, variant: str, runs: dict[str, dict[int, Run]], path: P
             continue
         per_seed = []
         for sd in seeds:
-            ca = runs[a][sd].clients.pivot(index="round", columns="client", values=f"{ma}_metric")
-            cb = runs[b][sd].clients.pivot(index="round", columns="client", values=f"{mb}_metric")
+            pre = "" if s.split == "test" else f"{s.split}_"
+            ca = runs[a][sd].clients.pivot(index="round", columns="client",
+                                           values=f"{pre}{ma}_metric")
+            cb = runs[b][sd].clients.pivot(index="round", columns="client",
+                                           values=f"{pre}{mb}_metric")
             per_seed.append((ca - cb).mean(axis=1))
         d = np.array([p.to_numpy() for p in per_seed])
         rounds = per_seed[0].index.to_numpy()
@@ -205,7 +208,7 @@ def diff_curves(s: Study, variant: str, runs: dict[str, dict[int, Run]], path: P
         return False
     for ax in axes:
         ax.axhline(0, color="k", lw=0.8)
-        ax.set_ylabel("paired difference (test, mean over clients)")
+        ax.set_ylabel(f"paired difference ({s.split}, mean over clients)")
         ax.grid(alpha=0.3)
     axes[0].set_xlabel("round")
     axes[1].set_xlabel("cumulative MB per client of the first run (0 shown as 1e-3)")
