@@ -100,7 +100,10 @@ def mechanism_table(s: Study, runs: dict[str, dict[int, Run]], row: str,
     if "loss_ce_t" not in r0:
         return ""
     rounds = r0["round"].to_numpy()
-    picks = sorted(set(np.linspace(0, len(rounds) - 1, min(6, len(rounds))).round().astype(int)))
+    evaluated = np.flatnonzero(np.isfinite(r0["mentor_metric"].to_numpy(float)))
+    picks = sorted({int(evaluated[i]) for i in np.linspace(0, len(evaluated) - 1,
+                                                           min(6, len(evaluated))).round()
+                    .astype(int)}) if len(evaluated) else []
     out = []
     for i in picks:
         def mean(col: str, i: int = i) -> float:
