@@ -42,6 +42,7 @@ class Row:
     overrides: list[str]
     models: list[str]  # the models this row is scored on (mentor and/or mentee)
     paired: bool = True  # same clients as the others (centralized: no, one client)
+    ranks: int | None = None  # MPI ranks of this row's jobs (default: the study's)
 
 
 @dataclass
@@ -70,7 +71,8 @@ def load_study(name: str, out: str | None = None) -> Study:
         sys.exit(f"study error: {path} not found (studies: {known})")
     d = yaml.safe_load(path.read_text())
     rows = {r["name"]: Row(r["name"], [str(x) for x in r.get("overrides", [])],
-                           list(r.get("models", ["mentor"])), bool(r.get("paired", True)))
+                           list(r.get("models", ["mentor"])), bool(r.get("paired", True)),
+                           r.get("ranks"))
             for r in d["rows"]}
     variants, only = {}, {}
     for k, v in d["variants"].items():  # a list of overrides, or {overrides: [...], rows: [...]}
@@ -148,7 +150,7 @@ def row_jobs(s: Study, tuned: list[str]) -> list[Job]:
                 cfg = Config.load(_base(s), [*s.overrides, *vo, *row.overrides, *extra,
                                              f"seed={seed}"])
                 jobs.append(Job(f"{variant} {row.name} seed {seed}", f"{row.name}-s{seed}",
-                                cfg, (s.out / variant).resolve(), s.ranks))
+                                cfg, (s.out / variant).resolve(), row.ranks or s.ranks))
     return jobs
 
 
