@@ -141,8 +141,10 @@ def curves(s: Study, variant: str, runs: dict[str, dict[int, Run]], path: Path) 
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
+    colors = iter(plt.get_cmap("tab10").colors * 3)
     for name, row in s.rows.items():
         for m in row.models:
+            color = next(colors)  # the same line colour in both panels
             rs = list(runs.get(name, {}).values())
             col = f"{m}_metric"
             if not rs or col not in rs[0].rounds:
@@ -153,9 +155,9 @@ def curves(s: Study, variant: str, runs: dict[str, dict[int, Run]], path: Path) 
             mb = np.mean([r.rounds["cum_mb_per_client"].to_numpy(float)[:n] for r in rs], 0)
             ok = np.isfinite(y)
             ls = "-" if m == "mentor" else "--"
-            axes[0].plot(x[ok], y[ok], ls, marker=".", label=f"{name} {m}")
+            axes[0].plot(x[ok], y[ok], ls, marker=".", color=color, label=f"{name} {m}")
             if mb[ok].max(initial=0) > 0:
-                axes[1].plot(mb[ok], y[ok], ls, marker=".", label=f"{name} {m}")
+                axes[1].plot(mb[ok], y[ok], ls, marker=".", color=color, label=f"{name} {m}")
     axes[0].set_xlabel("round")
     axes[1].set_xlabel("cumulative MB per client (up + down)")
     axes[1].set_xscale("log")
