@@ -116,7 +116,7 @@ def test_report_numbers_and_figures(runs, tmp_path, capsys):
     assert train == pytest.approx(h["rounds/train_time_s"].mean(), abs=1e-3)
     names = {p.name for p in (tmp_path / "fig").iterdir()}
     assert names == {"metric_vs_round.png", "metric_vs_mb.png", "svd_rank.png",
-                     "client_spread.png", "time_breakdown.png"}
+                     "client_spread.png", "loss_parts.png", "time_breakdown.png"}
     assert all((tmp_path / "fig" / x).stat().st_size > 10_000 for x in names)
 
 
