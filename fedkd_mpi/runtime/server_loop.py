@@ -138,6 +138,7 @@ def _loop(ctx: Context, fed: FederatedData, writer: RunWriter,
     bar = tqdm(total=rounds, initial=ctx.start, desc=f"{cfg.algorithm}", unit="round",
                disable=not tty, file=sys.stderr)
     names = metric_names(cfg.data.metric, fed.num_classes)
+    extra = record_fields(cfg, alg, names)  # the same every round
     for rnd in range(ctx.start, rounds):
         mask = round_participants(cfg.train, n, cfg.seed, rnd)
         t_round = time.perf_counter()
@@ -172,7 +173,7 @@ def _loop(ctx: Context, fed: FederatedData, writer: RunWriter,
             comm_time_s=ex["t_comm"], server_time_s=t_server,
             train_time_s=float(rv["train_s"][1:].max(initial=0.0)),
         )
-        for name in record_fields(cfg, alg, names):
+        for name in extra:
             rec[name] = nanmean(col[name])
         clients = dict(bytes_up=up, bytes_down=down, mentor_metric=col["mentor_metric"],
                        mentee_metric=col["mentee_metric"],
